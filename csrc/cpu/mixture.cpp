@@ -1,0 +1,341 @@
+// CPU kernels of the mixture family (log_mog): threads over blocks of rows,
+// register-blocked SIMD over components. The math is in csrc/mixture.h.
+//
+// Layout: means and precisions are transposed to (L, Kp), Kp = K rounded up to
+// the vector width, so one vector holds one dimension of W consecutive
+// components; padded components get consts = -inf and so weigh exactly zero.
+// Each row block keeps ROWS x W partial quadratic forms in registers while it
+// walks the L dimensions (the direct form (z - m)^2 / var: no cancellation).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "../mixture.h"
+
+namespace lvmfast {
+namespace {
+
+// One vector of 64 bytes: the compiler lowers it to one AVX-512 register, two
+// AVX2 registers or four SSE registers, depending on the clone being compiled.
+template <typename T>
+struct Simd {
+  typedef T vec __attribute__((vector_size(64)));
+  static constexpr int width = 64 / sizeof(T);
+};
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LVMFAST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LVMFAST_MULTIVERSION
+#endif
+#define LVMFAST_INLINE inline __attribute__((always_inline))
+
+constexpr int kRows = 6;  // rows per register block: 6 x W accumulators stay in registers
+
+// exp for a vector, accurate to ~2 ulp for float, using only arithmetic the
+// compiler vectorizes: x = n ln2 + r, exp(r) by a polynomial, 2^n by exponent bits.
+// Inputs below the underflow threshold (including -inf) give exactly 0.
+LVMFAST_INLINE Simd<float>::vec vexp(Simd<float>::vec x) {
+  using V = Simd<float>::vec;
+  typedef int32_t VI __attribute__((vector_size(64)));
+  const VI lo = x < -87.0f;  // all ones where the result underflows
+  x = x < -87.0f ? V{} - 87.0f : x;
+  x = x > 88.0f ? V{} + 88.0f : x;
+  V n = x * 1.44269504088896341f + 0.5f;
+  VI ni = __builtin_convertvector(n, VI);
+  ni -= (VI)(n < __builtin_convertvector(ni, V)) & 1;  // floor for negative n
+  const V fn = __builtin_convertvector(ni, V);
+  V r = x - fn * 0.693359375f;
+  r = r + fn * 2.12194440e-4f;
+  V p = 1.9875691500e-4f + V{};
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  VI bits = (ni + 127) << 23;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(V));
+  V y = p * scale;
+  VI ybits;
+  std::memcpy(&ybits, &y, sizeof(V));
+  ybits &= ~lo;
+  std::memcpy(&y, &ybits, sizeof(V));
+  return y;
+}
+
+// Double inputs are the accuracy path (tests, float64 users): exact libm exp.
+LVMFAST_INLINE Simd<double>::vec vexp(Simd<double>::vec x) {
+  Simd<double>::vec y;
+  for (int i = 0; i < Simd<double>::width; ++i) y[i] = std::exp(x[i]);
+  return y;
+}
+
+template <typename T>
+LVMFAST_INLINE T hmax(typename Simd<T>::vec v) {
+  T m = v[0];
+  for (int i = 1; i < Simd<T>::width; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+template <typename T>
+LVMFAST_INLINE T hsum(typename Simd<T>::vec v) {
+  T s = 0;
+  for (int i = 0; i < Simd<T>::width; ++i) s += v[i];
+  return s;
+}
+
+template <typename T>
+struct Params {
+  int64_t K, Kp, L;
+  const T* meansT;  // (L, Kp)
+  const T* precT;   // (L, Kp)
+  const T* consts;  // (Kp), -inf on padding
+};
+
+// s[r] for `rows` rows against the W components starting at k0.
+template <typename T>
+LVMFAST_INLINE void block_scores(const Params<T>& p, const T* zb, int64_t k0,
+                                 typename Simd<T>::vec* s) {
+  using V = typename Simd<T>::vec;
+  V acc[kRows] = {};
+  for (int64_t l = 0; l < p.L; ++l) {
+    V m, q;
+    std::memcpy(&m, p.meansT + l * p.Kp + k0, sizeof(V));
+    std::memcpy(&q, p.precT + l * p.Kp + k0, sizeof(V));
+    for (int r = 0; r < kRows; ++r) {
+      const V d = zb[r * p.L + l] - m;
+      acc[r] += d * d * q;
+    }
+  }
+  V c;
+  std::memcpy(&c, p.consts + k0, sizeof(V));
+  for (int r = 0; r < kRows; ++r) s[r] = c - T(0.5) * acc[r];
+}
+
+template <typename T>
+LVMFAST_INLINE void forward_rows_impl(const Params<T>& p, const T* zb, T* out) {
+  using V = typename Simd<T>::vec;
+  constexpr int W = Simd<T>::width;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  T mx[kRows], sum[kRows];
+  for (int r = 0; r < kRows; ++r) mx[r] = ninf, sum[r] = 0;
+  for (int64_t k0 = 0; k0 < p.Kp; k0 += W) {
+    V s[kRows];
+    block_scores(p, zb, k0, s);
+    for (int r = 0; r < kRows; ++r) {
+      const T bm = hmax<T>(s[r]);
+      if (bm == ninf) continue;  // all components of this block switched off
+      if (bm > mx[r]) {
+        sum[r] *= std::exp(mx[r] - bm);
+        mx[r] = bm;
+      }
+      sum[r] += hsum<T>(vexp(s[r] - mx[r]));
+    }
+  }
+  for (int r = 0; r < kRows; ++r) out[r] = mx[r] + std::log(sum[r]);
+}
+
+// Accumulates this row block's share of grad_z (into gz), wdiff, wsq (L, Kp) and wsum (Kp).
+template <typename T>
+LVMFAST_INLINE void backward_rows_impl(const Params<T>& p, const T* zb, const T* grad,
+                                       const T* out, T* gz, T* gzv, T* wdiff, T* wsq, T* wsum) {
+  using V = typename Simd<T>::vec;
+  constexpr int W = Simd<T>::width;
+  // gzv: (kRows, L) vectors of per-lane partial sums of grad_z, reduced across lanes at the end.
+  std::fill(gzv, gzv + kRows * p.L * W, T(0));
+  for (int64_t k0 = 0; k0 < p.Kp; k0 += W) {
+    V s[kRows];
+    block_scores(p, zb, k0, s);
+    V resp[kRows];
+    V rsum{};
+    for (int r = 0; r < kRows; ++r) {
+      resp[r] = grad[r] * vexp(s[r] - out[r]);
+      rsum += resp[r];
+    }
+    V ws;
+    std::memcpy(&ws, wsum + k0, sizeof(V));
+    ws += rsum;
+    std::memcpy(wsum + k0, &ws, sizeof(V));
+    for (int64_t l = 0; l < p.L; ++l) {
+      V m, q, wd, wq;
+      std::memcpy(&m, p.meansT + l * p.Kp + k0, sizeof(V));
+      std::memcpy(&q, p.precT + l * p.Kp + k0, sizeof(V));
+      std::memcpy(&wd, wdiff + l * p.Kp + k0, sizeof(V));
+      std::memcpy(&wq, wsq + l * p.Kp + k0, sizeof(V));
+      for (int r = 0; r < kRows; ++r) {
+        const V d = zb[r * p.L + l] - m;
+        const V u = resp[r] * (d * q);
+        V acc;
+        std::memcpy(&acc, gzv + (r * p.L + l) * W, sizeof(V));
+        acc += u;
+        std::memcpy(gzv + (r * p.L + l) * W, &acc, sizeof(V));
+        wd += u;
+        wq += u * d;
+      }
+      std::memcpy(wdiff + l * p.Kp + k0, &wd, sizeof(V));
+      std::memcpy(wsq + l * p.Kp + k0, &wq, sizeof(V));
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int64_t l = 0; l < p.L; ++l) {
+      T total = 0;
+      for (int i = 0; i < W; ++i) total += gzv[(r * p.L + l) * W + i];
+      gz[r * p.L + l] = -total;
+    }
+}
+
+// The multiversioned entry points (non-template, so target_clones applies).
+LVMFAST_MULTIVERSION void forward_rows(const Params<float>& p, const float* zb, float* out) {
+  forward_rows_impl<float>(p, zb, out);
+}
+LVMFAST_MULTIVERSION void forward_rows(const Params<double>& p, const double* zb, double* out) {
+  forward_rows_impl<double>(p, zb, out);
+}
+LVMFAST_MULTIVERSION void backward_rows(const Params<float>& p, const float* zb, const float* grad,
+                                        const float* out, float* gz, float* gzv, float* wdiff,
+                                        float* wsq, float* wsum) {
+  backward_rows_impl<float>(p, zb, grad, out, gz, gzv, wdiff, wsq, wsum);
+}
+LVMFAST_MULTIVERSION void backward_rows(const Params<double>& p, const double* zb,
+                                        const double* grad, const double* out, double* gz,
+                                        double* gzv, double* wdiff, double* wsq, double* wsum) {
+  backward_rows_impl<double>(p, zb, grad, out, gz, gzv, wdiff, wsq, wsum);
+}
+
+// Transposed, padded copies of the component parameters.
+template <typename T>
+struct PackedParams {
+  at::Tensor meansT, precT, consts;
+  Params<T> view;
+  PackedParams(const at::Tensor& means, const at::Tensor& logvars, const at::Tensor& logits) {
+    const int64_t K = means.size(0), L = means.size(1);
+    const int64_t Kp = (K + Simd<T>::width - 1) / Simd<T>::width * Simd<T>::width;
+    auto [prec, c] = log_mog_precompute(logvars, logits);
+    const auto opts = prec.options();
+    meansT = at::zeros({L, Kp}, opts);
+    precT = at::zeros({L, Kp}, opts);
+    consts = at::full({Kp}, -std::numeric_limits<double>::infinity(), opts);
+    meansT.narrow(1, 0, K).copy_(means.t());
+    precT.narrow(1, 0, K).copy_(prec.t());
+    consts.narrow(0, 0, K).copy_(c);
+    view = {K, Kp, L, meansT.data_ptr<T>(), precT.data_ptr<T>(), consts.data_ptr<T>()};
+  }
+};
+
+// Copies up to kRows rows of z into a zero-padded (kRows, L) block.
+template <typename T>
+void load_rows(const T* z, int64_t row0, int64_t rows, int64_t L, T* zb) {
+  std::memcpy(zb, z + row0 * L, sizeof(T) * rows * L);
+  std::fill(zb + rows * L, zb + kRows * L, T(0));
+}
+
+// Rows per parallel task: enough work per task that scheduling is noise.
+int64_t grain_blocks(int64_t K, int64_t L) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * L / 64));
+}
+
+void check_cpu(const at::Tensor& z) {
+  TORCH_CHECK_VALUE(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
+                    "log_mog: on the CPU z must be float32 or float64, got ", z.scalar_type());
+}
+
+at::Tensor log_mog_cpu(const at::Tensor& z, const at::Tensor& means, const at::Tensor& logvars,
+                       const at::Tensor& logits) {
+  check_log_mog_inputs(z, means, logvars, logits);
+  check_cpu(z);
+  const int64_t L = means.size(1);
+  const at::Tensor z2 = z.reshape({-1, L}).contiguous();
+  const int64_t N = z2.size(0);
+  at::Tensor out = at::empty({N}, z.options());
+  if (N > 0) {
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "log_mog_cpu", [&] {
+      PackedParams<scalar_t> packed(means, logvars, logits);
+      const scalar_t* zp = z2.data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      const int64_t nblocks = (N + kRows - 1) / kRows;
+      at::parallel_for(0, nblocks, grain_blocks(means.size(0), L), [&](int64_t b0, int64_t b1) {
+        std::vector<scalar_t> zb(kRows * L);
+        scalar_t res[kRows];
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t row0 = b * kRows, rows = std::min<int64_t>(kRows, N - row0);
+          load_rows(zp, row0, rows, L, zb.data());
+          forward_rows(packed.view, zb.data(), res);
+          std::copy(res, res + rows, op + row0);
+        }
+      });
+    });
+  }
+  auto shape = z.sizes().vec();
+  shape.pop_back();
+  return out.reshape(shape);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& z, const at::Tensor& means,
+    const at::Tensor& logvars, const at::Tensor& logits, const at::Tensor& out) {
+  check_log_mog_inputs(z, means, logvars, logits);
+  check_cpu(z);
+  const int64_t K = means.size(0), L = means.size(1);
+  const at::Tensor z2 = z.reshape({-1, L}).contiguous();
+  const int64_t N = z2.size(0);
+  TORCH_CHECK_VALUE(grad.numel() == N && out.numel() == N,
+                    "log_mog_backward: grad and out must have shape z.shape[:-1]");
+  const at::Tensor g = grad.reshape({N}).to(z.scalar_type()).contiguous();
+  const at::Tensor o = out.reshape({N}).to(z.scalar_type()).contiguous();
+  at::Tensor gz = at::empty_like(z2);
+  at::Tensor wdiff, wsq, wsum;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "log_mog_backward_cpu", [&] {
+    PackedParams<scalar_t> packed(means, logvars, logits);
+    const int64_t Kp = packed.view.Kp;
+    // One (wdiff, wsq, wsum) accumulator per thread, summed at the end: no atomics, deterministic.
+    const int threads = at::get_num_threads();
+    at::Tensor acc = at::zeros({threads, 2 * L * Kp + Kp}, z2.options());
+    const scalar_t* zp = z2.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* opp = o.data_ptr<scalar_t>();
+    scalar_t* gzp = gz.data_ptr<scalar_t>();
+    scalar_t* accp = acc.data_ptr<scalar_t>();
+    const int64_t nblocks = (N + kRows - 1) / kRows;
+    at::parallel_for(0, nblocks, grain_blocks(K, L), [&](int64_t b0, int64_t b1) {
+      scalar_t* mine = accp + at::get_thread_num() * (2 * L * Kp + Kp);
+      std::vector<scalar_t> zb(kRows * L), gzb(kRows * L);
+      std::vector<scalar_t> gzv(kRows * L * Simd<scalar_t>::width);
+      scalar_t gr[kRows], ob[kRows];
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row0 = b * kRows, rows = std::min<int64_t>(kRows, N - row0);
+        load_rows(zp, row0, rows, L, zb.data());
+        for (int r = 0; r < kRows; ++r) {
+          // Padded rows: zero weight, and out = +inf makes their responsibilities exactly 0.
+          gr[r] = r < rows ? gp[row0 + r] : scalar_t(0);
+          ob[r] = r < rows ? opp[row0 + r] : std::numeric_limits<scalar_t>::infinity();
+        }
+        backward_rows(packed.view, zb.data(), gr, ob, gzb.data(), gzv.data(), mine,
+                      mine + L * Kp, mine + 2 * L * Kp);
+        std::copy(gzb.begin(), gzb.begin() + rows * L, gzp + row0 * L);
+      }
+    });
+    const at::Tensor total = acc.sum(0);
+    wdiff = total.narrow(0, 0, L * Kp).view({L, Kp}).narrow(1, 0, K).t();
+    wsq = total.narrow(0, L * Kp, L * Kp).view({L, Kp}).narrow(1, 0, K).t();
+    wsum = total.narrow(0, 2 * L * Kp, K);
+  });
+  auto [gm, glv, glg] = log_mog_assemble_param_grads(wdiff, wsq, wsum, logits);
+  return {gz.view(z.sizes()), gm, glv, glg};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lvmfast, CPU, m) {
+  m.impl("log_mog", &log_mog_cpu);
+  m.impl("log_mog_backward", &log_mog_backward_cpu);
+}
+
+}  // namespace lvmfast

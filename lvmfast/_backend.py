@@ -1,0 +1,115 @@
+"""Loads the compiled extension and chooses a backend per op and device.
+
+Backends: "reference" (pure torch, lvmfast/reference), "native" (C++ / CUDA in lvmfast._C),
+"triton" (CUDA; the CPU only under TRITON_INTERPRET=1) and "auto", the default, which picks the
+fastest available one per device. Availability is computed once at import into plain dicts, so
+choosing a backend inside torch.compile is a dictionary lookup.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "reference", "native", "triton")
+
+# Per op family: the backends "auto" tries on CUDA, fastest first (see benchmarks/results/).
+AUTO_CUDA_ORDER = {"log_mog": ("triton", "native")}
+
+_C = None
+_C_ERROR: str | None = None
+try:
+    from lvmfast import _C  # noqa: F401  (registers the schemas and the C++/CUDA kernels)
+except ImportError as err:  # not compiled: no compiler, no torch at build time, or a failed build
+    _C_ERROR = str(err)
+    warnings.warn(f"lvmfast: the compiled extension lvmfast._C is not available ({err}); every op "
+                  "runs on the pure-torch reference backend. `lvmfast info` shows the details.",
+                  stacklevel=2)
+
+_TRITON_VERSION: str | None = None
+_TRITON_ERROR: str | None = None
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if _C is not None and (TRITON_INTERPRET or torch.cuda.is_available()):
+    try:
+        import triton
+
+        _TRITON_VERSION = triton.__version__
+        from lvmfast.triton import mixture as _triton_mixture  # noqa: F401  (registers kernels)
+    except Exception as err:  # triton missing or too old: the other backends still work
+        _TRITON_ERROR = f"{type(err).__name__}: {err}"
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"lvmfast::{op}", key)
+
+
+# AVAILABLE[backend][op] = set of device types where that backend implements op.
+_OPS = tuple(AUTO_CUDA_ORDER)
+AVAILABLE: dict[str, dict[str, frozenset]] = {
+    "reference": {op: frozenset({"cpu", "cuda"}) for op in _OPS},
+    "native": {op: frozenset(d for d, k in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel(op, k))
+               for op in _OPS},
+    "triton": {op: frozenset(d for d, k in (("cpu", "CPU"), ("cuda", "CUDA"))
+                             if _has_kernel(f"{op}_triton", k)) for op in _OPS},
+}
+
+
+def _validated(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown lvmfast backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+_current = [_validated(os.environ.get("LVMFAST_BACKEND", "auto"))]
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Context manager selecting the backend for lvmfast ops inside it."""
+    _current.append(_validated(name))
+    try:
+        yield
+    finally:
+        _current.pop()
+
+
+def current_backend() -> str:
+    return _current[-1]
+
+
+def resolve(op: str, device_type: str) -> str:
+    """The concrete backend that runs `op` on `device_type` under the current selection."""
+    name = _current[-1]
+    if name == "reference":
+        return name
+    if name == "auto":
+        order = AUTO_CUDA_ORDER[op] if device_type == "cuda" else ("native",)
+        return next((b for b in order if device_type in AVAILABLE[b][op]), "reference")
+    if device_type not in AVAILABLE[name][op]:
+        raise RuntimeError(f"lvmfast backend {name!r} has no {op} kernel for {device_type} tensors; "
+                           f"available there: {available_for(op, device_type)} (see lvmfast.backends())")
+    return name
+
+
+def available_for(op: str, device_type: str) -> list[str]:
+    return [b for b in AVAILABLE if device_type in AVAILABLE[b][op]]
+
+
+def backends() -> dict:
+    """What is compiled and usable, per backend and op."""
+    return {
+        "current": current_backend(),
+        "native": {"compiled": _C is not None, "error": _C_ERROR,
+                   "ops": {op: sorted(AVAILABLE["native"][op]) for op in _OPS}},
+        "triton": {"version": _TRITON_VERSION, "interpreter": TRITON_INTERPRET, "error": _TRITON_ERROR,
+                   "ops": {op: sorted(AVAILABLE["triton"][op]) for op in _OPS}},
+        "reference": {"ops": {op: ["cpu", "cuda"] for op in _OPS}},
+        "auto": {op: {d: resolve_auto(op, d) for d in ("cpu", "cuda")} for op in _OPS},
+    }
+
+
+def resolve_auto(op: str, device_type: str) -> str:
+    with use_backend("auto"):
+        return resolve(op, device_type)
