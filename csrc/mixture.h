@@ -60,14 +60,15 @@ inline std::tuple<at::Tensor, at::Tensor> log_mog_precompute(const at::Tensor& l
   return {prec, consts};
 }
 
-// grad_means, grad_logvars, grad_logits from the kernels' reductions (all in acc dtype).
+// grad_means, grad_logvars, grad_logits from the kernels' reductions (all in acc dtype),
+// contiguous like the fake kernels promise.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> log_mog_assemble_param_grads(
     const at::Tensor& wdiff, const at::Tensor& wsq, const at::Tensor& wsum,
     const at::Tensor& logits) {
   const auto dtype = logits.scalar_type();
   const at::Tensor softmax = at::softmax(logits.to(wsum.scalar_type()), 0);
-  return {wdiff.to(dtype), (0.5 * (wsq - wsum.unsqueeze(1))).to(dtype),
-          (wsum - softmax * wsum.sum()).to(dtype)};
+  return {wdiff.to(dtype).contiguous(), (0.5 * (wsq - wsum.unsqueeze(1))).to(dtype).contiguous(),
+          (wsum - softmax * wsum.sum()).to(dtype).contiguous()};
 }
 
 }  // namespace lvmfast

@@ -1,0 +1,49 @@
+import os
+import random
+
+import pytest
+import torch
+
+# Triton kernels run on the CPU through the interpreter; it must be on before they are defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import lvmfast  # noqa: E402
+from lvmfast import _backend  # noqa: E402
+
+SEED = int(os.environ.get("LVMFAST_TEST_SEED", random.randrange(2**31)))
+
+
+def pytest_report_header(config):
+    return [f"lvmfast test seed: {SEED} (set LVMFAST_TEST_SEED to repeat)",
+            f"lvmfast backends: {lvmfast.backends()}"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    # Fresh random inputs every session, repeatable per test from the printed seed.
+    torch.manual_seed(SEED + hash(request.node.nodeid) % 2**20)
+
+
+def devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backend_params(op):
+    """(backend, device) pairs that have a kernel here; CUDA ones are marked `cuda`."""
+    params = []
+    for device in ("cpu", "cuda"):
+        for backend in ("native", "triton"):
+            if device in _backend.AVAILABLE[backend][op]:
+                marks = [pytest.mark.cuda] if device == "cuda" else []
+                params.append(pytest.param(backend, device, id=f"{backend}-{device}", marks=marks))
+    return params
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
