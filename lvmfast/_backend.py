@@ -8,15 +8,13 @@ choosing a backend inside torch.compile is a dictionary lookup.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import warnings
 
 import torch
 
 BACKENDS = ("auto", "reference", "native", "triton")
-
-# Per op family: the backends "auto" tries on CUDA, fastest first (see benchmarks/results/).
-AUTO_CUDA_ORDER = {"log_mog": ("triton", "native")}
 
 _C = None
 _C_ERROR: str | None = None
@@ -36,24 +34,34 @@ if _C is not None and (TRITON_INTERPRET or torch.cuda.is_available()):
         import triton
 
         _TRITON_VERSION = triton.__version__
-        from lvmfast.triton import mixture as _triton_mixture  # noqa: F401  (registers kernels)
-    except Exception as err:  # triton missing or too old: the other backends still work
+    except Exception as err:  # triton missing: the other backends still work
         _TRITON_ERROR = f"{type(err).__name__}: {err}"
+
+# Filled by register_op() as each lvmfast/ops/<family>.py is imported:
+# AVAILABLE[backend][op] = device types where that backend implements op;
+# AUTO_CUDA_ORDER[op] = the backends "auto" tries on CUDA, fastest first (see benchmarks/results/).
+AVAILABLE: dict[str, dict[str, frozenset]] = {"reference": {}, "native": {}, "triton": {}}
+AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {}
 
 
 def _has_kernel(op: str, key: str) -> bool:
     return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"lvmfast::{op}", key)
 
 
-# AVAILABLE[backend][op] = set of device types where that backend implements op.
-_OPS = tuple(AUTO_CUDA_ORDER)
-AVAILABLE: dict[str, dict[str, frozenset]] = {
-    "reference": {op: frozenset({"cpu", "cuda"}) for op in _OPS},
-    "native": {op: frozenset(d for d, k in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel(op, k))
-               for op in _OPS},
-    "triton": {op: frozenset(d for d, k in (("cpu", "CPU"), ("cuda", "CUDA"))
-                             if _has_kernel(f"{op}_triton", k)) for op in _OPS},
-}
+def register_op(op: str, family: str, auto_cuda_order: tuple[str, ...] = ("native", "triton")) -> None:
+    """Records where `op` has kernels. Imports lvmfast/triton/<family>.py first when Triton is
+    usable, so its kernels are registered (op `<op>_triton`)."""
+    global _TRITON_ERROR
+    if _TRITON_VERSION is not None:
+        try:
+            importlib.import_module(f"lvmfast.triton.{family}")
+        except Exception as err:  # a Triton too old for a kernel: that op runs elsewhere
+            _TRITON_ERROR = f"{family}: {type(err).__name__}: {err}"
+    devices = (("cpu", "CPU"), ("cuda", "CUDA"))
+    AUTO_CUDA_ORDER[op] = auto_cuda_order
+    AVAILABLE["reference"][op] = frozenset({"cpu", "cuda"})
+    AVAILABLE["native"][op] = frozenset(d for d, k in devices if _has_kernel(op, k))
+    AVAILABLE["triton"][op] = frozenset(d for d, k in devices if _has_kernel(f"{op}_triton", k))
 
 
 def _validated(name: str) -> str:
@@ -99,14 +107,15 @@ def available_for(op: str, device_type: str) -> list[str]:
 
 def backends() -> dict:
     """What is compiled and usable, per backend and op."""
+    ops = tuple(AUTO_CUDA_ORDER)
     return {
         "current": current_backend(),
         "native": {"compiled": _C is not None, "error": _C_ERROR,
-                   "ops": {op: sorted(AVAILABLE["native"][op]) for op in _OPS}},
+                   "ops": {op: sorted(AVAILABLE["native"][op]) for op in ops}},
         "triton": {"version": _TRITON_VERSION, "interpreter": TRITON_INTERPRET, "error": _TRITON_ERROR,
-                   "ops": {op: sorted(AVAILABLE["triton"][op]) for op in _OPS}},
-        "reference": {"ops": {op: ["cpu", "cuda"] for op in _OPS}},
-        "auto": {op: {d: resolve_auto(op, d) for d in ("cpu", "cuda")} for op in _OPS},
+                   "ops": {op: sorted(AVAILABLE["triton"][op]) for op in ops}},
+        "reference": {"ops": {op: ["cpu", "cuda"] for op in ops}},
+        "auto": {op: {d: resolve_auto(op, d) for d in ("cpu", "cuda")} for op in ops},
     }
 
 

@@ -75,3 +75,4 @@ def _register(forward: str, backward: str) -> None:
 if _backend._C is not None:
     _register("log_mog", "log_mog_backward")
     _register("log_mog_triton", "log_mog_triton_backward")
+_backend.register_op(_NAME, family="mixture", auto_cuda_order=("triton", "native"))

@@ -1,0 +1,5 @@
+import sys
+
+from lvmfast.cli import main
+
+sys.exit(main())
