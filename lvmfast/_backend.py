@@ -45,7 +45,12 @@ AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {}
 
 
 def _has_kernel(op: str, key: str) -> bool:
-    return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"lvmfast::{op}", key)
+    if _C is None:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"lvmfast::{op}", key)
+    except RuntimeError:  # no such schema: an extension built before the op existed
+        return False
 
 
 def register_op(op: str, family: str, auto_cuda_order: tuple[str, ...] = ("native", "triton")) -> None:
