@@ -1,0 +1,40 @@
+"""The command line: `lvmfast info` and `lvmfast bench` (tiny budget: checks the plumbing, not speed)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "lvmfast", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_info_reports_backends():
+    res = run_cli("info")
+    assert res.returncode == 0, res.stderr
+    assert "torch" in res.stdout and "native" in res.stdout and "auto picks" in res.stdout
+
+
+def test_bench_quick_writes_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    res = run_cli("bench", "--quick", "--ops", "log_mog", "--budget", "0.01", "--json", str(out),
+                  "--plot", str(png))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    assert data["environment"]["torch_threads"] == 2
+    timed = [r for r in rows if "median_s" in r]
+    assert {r["candidate"] for r in timed} >= {"lvmfast[native]", "torch two-matmul"}
+    assert all(r["median_s"] > 0 and r["p20_s"] <= r["median_s"] <= r["p80_s"] for r in timed)
+    baseline = [r for r in timed if r["baseline"]]
+    assert baseline and all(r["speedup_vs_baseline"] == pytest.approx(1.0) for r in baseline)
+    assert png.stat().st_size > 1000
+    assert "speed-up" in res.stdout
+
+
+def test_bench_rejects_unknown_op():
+    res = run_cli("bench", "--ops", "nope")
+    assert res.returncode == 2 and "unknown ops" in res.stderr
