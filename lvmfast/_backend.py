@@ -19,7 +19,7 @@ BACKENDS = ("auto", "reference", "native", "triton")
 _C = None
 _C_ERROR: str | None = None
 try:
-    from lvmfast import _C  # noqa: F401  (registers the schemas and the C++/CUDA kernels)
+    _C = importlib.import_module("lvmfast._C")  # registers the schemas and the C++/CUDA kernels
 except ImportError as err:  # not compiled: no compiler, no torch at build time, or a failed build
     _C_ERROR = str(err)
     warnings.warn(f"lvmfast: the compiled extension lvmfast._C is not available ({err}); every op "
