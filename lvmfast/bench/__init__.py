@@ -5,4 +5,6 @@ every candidate in one process and reports medians, 20th/80th percentiles, speed
 memory. It ships inside the package so that the command works from any install.
 """
 # `--ops` name -> module of lvmfast.bench holding its cases
-FAMILIES = {"log_mog": "mixture"}
+FAMILIES = {"log_mog": "mixture", "householder_flow": "householder",
+            "bjorck_orthonormalize": "orthogonal", "sylvester_flow": "sylvester",
+            "diffusion": "diffusion"}

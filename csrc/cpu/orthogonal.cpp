@@ -1,0 +1,284 @@
+// CPU kernels of the orthogonal family: Björck–Bowie orthonormalization, one matrix per task
+// step, the whole iteration in L1/L2-resident thread-local buffers. The math is in
+// csrc/orthogonal.h.
+//
+// Each matrix is copied into a zero-padded (Dr x Mp) buffer (Dr: D rounded up to kRows,
+// Mp: M rounded up to the vector width), so every product below is a register-blocked
+// micro-kernel over full vectors: zero rows and columns do not change Q^T Q or Q A.
+// Per step: A = Q^T Q (upper block triangle only, then mirrored: ~D M^2 / 2 multiply-adds
+// for large M), Q <- 1.5 Q - 0.5 Q A (D M^2). The backward re-runs the forward through the
+// very same function (so it takes the same number of steps), keeping the executed iterates
+// Q_j, A_j in a per-thread scratch (not per batch: the autograd graph saves only q), then
+// walks them back: S = Q^T G (D M^2), G <- 1.5 G - 0.5 (G A + Q (S + S^T)) (2 D M^2).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../orthogonal.h"
+
+namespace lvmfast {
+namespace {
+
+template <typename T>
+struct Simd {
+  typedef T vec __attribute__((vector_size(64)));
+  static constexpr int width = 64 / sizeof(T);
+};
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LVMFAST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LVMFAST_MULTIVERSION
+#endif
+#define LVMFAST_INLINE inline __attribute__((always_inline))
+
+constexpr int kRows = 4;   // rows of C per micro-kernel call
+constexpr int kChunks = 4;  // vectors of C per row per micro-kernel call
+
+template <typename T>
+LVMFAST_INLINE typename Simd<T>::vec load(const T* p) {
+  typename Simd<T>::vec x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+template <typename T>
+LVMFAST_INLINE void store(T* p, typename Simd<T>::vec x) {
+  std::memcpy(p, &x, sizeof(x));
+}
+
+// acc[r][c] += sum_k left[r * lr + k * lk] * right[k * rs + c * W], k < K: a kRows x NC block
+// of C = Left * Right, with left broadcast from memory and right read as vectors.
+template <typename T, int NC>
+LVMFAST_INLINE void mk(typename Simd<T>::vec (&acc)[kRows][kChunks], const T* left, int64_t lr,
+                       int64_t lk, const T* right, int64_t rs, int64_t K) {
+  using V = typename Simd<T>::vec;
+  constexpr int W = Simd<T>::width;
+  for (int64_t k = 0; k < K; ++k) {
+    V rv[NC];
+    for (int c = 0; c < NC; ++c) rv[c] = load(right + k * rs + c * W);
+    for (int r = 0; r < kRows; ++r) {
+      const T a = left[r * lr + k * lk];
+      for (int c = 0; c < NC; ++c) acc[r][c] += a * rv[c];
+    }
+  }
+}
+
+// What to do with a finished block: C = alpha * acc + beta * X (X may be null).
+template <typename T, int NC>
+LVMFAST_INLINE void put(const typename Simd<T>::vec (&acc)[kRows][kChunks], T* out, int64_t os,
+                        T alpha, T beta, const T* x, int64_t xs) {
+  constexpr int W = Simd<T>::width;
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < NC; ++c) {
+      typename Simd<T>::vec y = alpha * acc[r][c];
+      if (x != nullptr) y += beta * load(x + r * xs + c * W);
+      store(out + r * os + c * W, y);
+    }
+}
+
+// One kRows x (NC vectors) block of out = alpha * (L1 R1 [+ L2 R2]) + beta X; left operands
+// are addressed as left[row * lr + k * lk], right ones are (K x Mp) row-major. The accumulators
+// are locals of this always-inlined function, so they live in registers.
+template <typename T, int NC>
+LVMFAST_INLINE void gemm_block(T* o, int64_t Mp, const T* l1, int64_t lr1, int64_t lk1,
+                               const T* r1, int64_t K1, const T* l2, int64_t lr2, int64_t lk2,
+                               const T* r2, int64_t K2, T alpha, T beta, const T* xb) {
+  typename Simd<T>::vec acc[kRows][kChunks] = {};
+  mk<T, NC>(acc, l1, lr1, lk1, r1, Mp, K1);
+  if (l2 != nullptr) mk<T, NC>(acc, l2, lr2, lk2, r2, Mp, K2);
+  put<T, NC>(acc, o, Mp, alpha, beta, xb, Mp);
+}
+
+// out (rows x Mp, rows a multiple of kRows) = alpha * (L1 R1 [+ L2 R2]) + beta X, blocked.
+// upper: only the blocks on or right of the diagonal (the symmetric Gram matrix).
+template <typename T>
+LVMFAST_INLINE void gemm(T* out, int64_t rows, int64_t Mp, const T* l1, int64_t lr1, int64_t lk1,
+                         const T* r1, int64_t K1, const T* l2, int64_t lr2, int64_t lk2,
+                         const T* r2, int64_t K2, T alpha, T beta, const T* x,
+                         bool upper) {
+  constexpr int W = Simd<T>::width;
+  const int64_t nchunks = Mp / W;
+  for (int64_t i = 0; i < rows; i += kRows) {
+    for (int64_t c0 = upper ? i / W : 0; c0 < nchunks; c0 += kChunks) {
+      const int64_t col = c0 * W;
+      T* o = out + i * Mp + col;
+      const T* a1 = l1 + i * lr1;
+      const T* a2 = l2 != nullptr ? l2 + i * lr2 : nullptr;
+      const T* b2 = r2 != nullptr ? r2 + col : nullptr;
+      const T* xb = x != nullptr ? x + i * Mp + col : nullptr;
+      switch (std::min<int64_t>(kChunks, nchunks - c0)) {
+        case 1: gemm_block<T, 1>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        case 2: gemm_block<T, 2>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        case 3: gemm_block<T, 3>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        default: gemm_block<T, 4>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+      }
+    }
+  }
+}
+
+struct Dims {
+  int64_t D, M, Dr, Mp;  // true and padded sizes
+};
+
+// A = Q^T Q (Mp x Mp, symmetric: the block upper triangle is computed and mirrored).
+template <typename T>
+LVMFAST_INLINE void gram(const T* q, T* a, const Dims& d) {
+  constexpr int W = Simd<T>::width;
+  gemm<T>(a, d.Mp, d.Mp, q, 1, d.Mp, q, d.Dr, static_cast<const T*>(nullptr), 0, 0,
+          static_cast<const T*>(nullptr), 0, T(1), T(0), static_cast<const T*>(nullptr), true);
+  for (int64_t i = 0; i < d.Mp; ++i)
+    for (int64_t j = 0; j < (i / W) * W; ++j) a[i * d.Mp + j] = a[j * d.Mp + i];
+}
+
+// The forward of one matrix whose padded copy is in qs[0]. keep: iterate j is in qs + j * QS
+// and A_j in as + j * AS (the backward's scratch); otherwise two Q buffers alternate and one A.
+// Returns the executed step count k; the result is in qs + (keep ? k : k % 2) * QS.
+template <typename T>
+LVMFAST_INLINE int64_t run_forward_impl(T* qs, T* as, const Dims& d, int64_t max_steps, T tol2,
+                                        bool keep) {
+  const int64_t QS = d.Dr * d.Mp, AS = d.Mp * d.Mp;
+  int64_t k = 0;
+  for (; k < max_steps; ++k) {
+    const T* q = qs + (keep ? k : k % 2) * QS;
+    T* qn = qs + (keep ? k + 1 : (k + 1) % 2) * QS;
+    T* a = as + (keep ? k : 0) * AS;
+    gram(q, a, d);
+    T err2 = 0;
+    for (int64_t i = 0; i < d.M; ++i)
+      for (int64_t j = 0; j < d.M; ++j) {
+        const T e = a[i * d.Mp + j] - (i == j ? T(1) : T(0));
+        err2 += e * e;
+      }
+    if (!(err2 > tol2)) break;  // converged (or not a number): this matrix stops here
+    // Q_{j+1} = 1.5 Q - 0.5 Q A
+    gemm<T>(qn, d.Dr, d.Mp, q, d.Mp, 1, a, d.M, static_cast<const T*>(nullptr), 0, 0,
+            static_cast<const T*>(nullptr), 0, T(-0.5), T(1.5), q, false);
+  }
+  return k;
+}
+
+// G_k = gq; for j = k-1..0: S = Q_j^T G, G <- 1.5 G - 0.5 (G A_j + Q_j (S + S^T)). Result in gq.
+template <typename T>
+LVMFAST_INLINE void run_backward_impl(const T* qs, const T* as, int64_t k, T* gq, T* gtmp, T* s,
+                                      T* ssym, const Dims& d) {
+  const int64_t QS = d.Dr * d.Mp, AS = d.Mp * d.Mp;
+  T* g = gq;
+  T* gn = gtmp;
+  for (int64_t j = k - 1; j >= 0; --j) {
+    const T* q = qs + j * QS;
+    const T* a = as + j * AS;
+    gemm<T>(s, d.Mp, d.Mp, q, 1, d.Mp, g, d.Dr, static_cast<const T*>(nullptr), 0, 0,
+            static_cast<const T*>(nullptr), 0, T(1), T(0), static_cast<const T*>(nullptr), false);
+    for (int64_t i = 0; i < d.Mp; ++i)
+      for (int64_t c = 0; c < d.Mp; ++c) ssym[i * d.Mp + c] = s[i * d.Mp + c] + s[c * d.Mp + i];
+    gemm<T>(gn, d.Dr, d.Mp, g, d.Mp, 1, a, d.M, q, d.Mp, 1, ssym, d.M, T(-0.5), T(1.5), g, false);
+    std::swap(g, gn);
+  }
+  if (g != gq) std::memcpy(gq, g, sizeof(T) * QS);
+}
+
+// Multiversioned entry points; the backward calls the same run_forward as the forward.
+#define LVMFAST_BJ_ENTRY(T)                                                                    \
+  LVMFAST_MULTIVERSION int64_t run_forward(T* qs, T* as, const Dims& d, int64_t max_steps,     \
+                                           T tol2, bool keep) {                                \
+    return run_forward_impl<T>(qs, as, d, max_steps, tol2, keep);                              \
+  }                                                                                            \
+  LVMFAST_MULTIVERSION void run_backward(const T* qs, const T* as, int64_t k, T* gq, T* gtmp,  \
+                                         T* s, T* ssym, const Dims& d) {                       \
+    run_backward_impl<T>(qs, as, k, gq, gtmp, s, ssym, d);                                     \
+  }
+LVMFAST_BJ_ENTRY(float)
+LVMFAST_BJ_ENTRY(double)
+#undef LVMFAST_BJ_ENTRY
+
+// Copies matrix src (D x M, row-major) into a zeroed (Dr x Mp) buffer, and back.
+template <typename T>
+void pad_in(const T* src, T* dst, const Dims& d) {
+  std::fill(dst, dst + d.Dr * d.Mp, T(0));
+  for (int64_t i = 0; i < d.D; ++i) std::memcpy(dst + i * d.Mp, src + i * d.M, sizeof(T) * d.M);
+}
+template <typename T>
+void pad_out(const T* src, T* dst, const Dims& d) {
+  for (int64_t i = 0; i < d.D; ++i) std::memcpy(dst + i * d.M, src + i * d.Mp, sizeof(T) * d.M);
+}
+
+template <typename T>
+Dims dims_of(const at::Tensor& q) {
+  const int64_t D = q.size(-2), M = q.size(-1), W = Simd<T>::width;
+  return {D, M, std::max<int64_t>(kRows, (D + kRows - 1) / kRows * kRows),
+          std::max<int64_t>(W, (M + W - 1) / W * W)};
+}
+
+void check_cpu(const char* op, const at::Tensor& q) {
+  TORCH_CHECK_VALUE(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, op,
+                    ": on the CPU q must be float32 or float64, got ", q.scalar_type());
+}
+
+at::Tensor bjorck_orthonormalize_cpu(const at::Tensor& q, int64_t max_steps, double tol) {
+  check_bjorck_inputs("bjorck_orthonormalize", q, max_steps, tol);
+  check_cpu("bjorck_orthonormalize", q);
+  const at::Tensor qc = q.contiguous();
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  if (q.numel() == 0) return out;
+  const int64_t D = q.size(-2), M = q.size(-1), N = q.numel() / (D * M);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "bjorck_orthonormalize_cpu", [&] {
+    const Dims d = dims_of<scalar_t>(q);
+    const scalar_t tol2 = static_cast<scalar_t>(tol * tol);
+    const scalar_t* qp = qc.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 1, [&](int64_t m0, int64_t m1) {
+      std::vector<scalar_t> qs(2 * d.Dr * d.Mp), as(d.Mp * d.Mp);
+      for (int64_t m = m0; m < m1; ++m) {
+        pad_in(qp + m * D * M, qs.data(), d);
+        const int64_t k = run_forward(qs.data(), as.data(), d, max_steps, tol2, false);
+        pad_out(qs.data() + (k % 2) * d.Dr * d.Mp, op + m * D * M, d);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor bjorck_orthonormalize_backward_cpu(const at::Tensor& grad, const at::Tensor& q,
+                                              int64_t max_steps, double tol) {
+  check_bjorck_inputs("bjorck_orthonormalize_backward", q, max_steps, tol);
+  check_cpu("bjorck_orthonormalize_backward", q);
+  TORCH_CHECK_VALUE(grad.sizes() == q.sizes(), "bjorck_orthonormalize_backward: grad must have shape ",
+                    q.sizes(), ", got ", grad.sizes());
+  const at::Tensor qc = q.contiguous(), gc = grad.to(q.scalar_type()).contiguous();
+  at::Tensor gq = at::empty(q.sizes(), q.options());
+  if (q.numel() == 0) return gq;
+  const int64_t D = q.size(-2), M = q.size(-1), N = q.numel() / (D * M);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "bjorck_orthonormalize_backward_cpu", [&] {
+    const Dims d = dims_of<scalar_t>(q);
+    const scalar_t tol2 = static_cast<scalar_t>(tol * tol);
+    const scalar_t* qp = qc.data_ptr<scalar_t>();
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    scalar_t* gqp = gq.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 1, [&](int64_t m0, int64_t m1) {
+      // Per-thread scratch: the executed iterates of one matrix at a time.
+      std::vector<scalar_t> qs((max_steps + 1) * d.Dr * d.Mp), as(std::max<int64_t>(1, max_steps) * d.Mp * d.Mp);
+      std::vector<scalar_t> g(d.Dr * d.Mp), gtmp(d.Dr * d.Mp), s(d.Mp * d.Mp), ssym(d.Mp * d.Mp);
+      for (int64_t m = m0; m < m1; ++m) {
+        pad_in(qp + m * D * M, qs.data(), d);
+        const int64_t k = run_forward(qs.data(), as.data(), d, max_steps, tol2, true);
+        pad_in(gp + m * D * M, g.data(), d);
+        run_backward(qs.data(), as.data(), k, g.data(), gtmp.data(), s.data(), ssym.data(), d);
+        pad_out(g.data(), gqp + m * D * M, d);
+      }
+    });
+  });
+  return gq;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lvmfast, CPU, m) {
+  m.impl("bjorck_orthonormalize", &bjorck_orthonormalize_cpu);
+  m.impl("bjorck_orthonormalize_backward", &bjorck_orthonormalize_backward_cpu);
+}
+
+}  // namespace lvmfast

@@ -1,0 +1,113 @@
+// CUDA glue of the householder family (householder_flow): checks, dtypes, the current stream,
+// and calls into kernels/householder.cu. The math is in csrc/householder.h; the CPU twin is
+// csrc/cpu/householder.cpp.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../../kernels/householder.cuh"
+#include "../householder.h"
+
+namespace lvmfast {
+namespace {
+
+void check_cuda_inputs(const char* op, const at::Tensor& z) {
+  TORCH_CHECK(z.is_cuda(), op, ": expected CUDA tensors, got ", z.device());
+  const auto t = z.scalar_type();
+  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+                    op, ": on CUDA z must be float32, float64, float16 or bfloat16, got ", t);
+}
+
+void check_launch(cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, "householder_flow CUDA kernel failed: ", cudaGetErrorString(err));
+}
+
+template <typename scalar_t, typename acc_t>
+struct Types {
+  using scalar = scalar_t;
+  using acc = acc_t;
+};
+template <typename F>
+void dispatch(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: return f(Types<float, float>{});
+    case at::kDouble: return f(Types<double, double>{});
+    case at::kHalf: return f(Types<__half, float>{});
+    case at::kBFloat16: return f(Types<__nv_bfloat16, float>{});
+    default: TORCH_CHECK_VALUE(false, "householder_flow: unsupported dtype ", t);
+  }
+}
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+at::Tensor householder_flow_cuda(const at::Tensor& z, const at::Tensor& v) {
+  check_householder_inputs("householder_flow", z, v);
+  check_cuda_inputs("householder_flow", z);
+  const c10::cuda::CUDAGuard guard(z.device());
+  const int64_t B = z.size(0), L = z.size(1), T = v.size(-2);
+  const bool shared = v.dim() == 2;
+  const at::Tensor zc = z.contiguous(), vc = v.contiguous();
+  at::Tensor out = at::empty({B, L}, z.options());
+  if (B == 0 || L == 0) return out;
+  const int64_t ws = kernels::householder_workspace(B, L);
+  at::Tensor work;
+  if (ws > 0) work = at::empty({ws}, z.options().dtype(acc_type(z.scalar_type())));
+  dispatch(z.scalar_type(), [&](auto types) {
+    using scalar_t = typename decltype(types)::scalar;
+    using acc_t = typename decltype(types)::acc;
+    check_launch(kernels::householder_forward<scalar_t, acc_t>(
+        static_cast<const scalar_t*>(zc.data_ptr()), static_cast<const scalar_t*>(vc.data_ptr()),
+        static_cast<scalar_t*>(out.data_ptr()), B, T, L, shared,
+        ws > 0 ? work.data_ptr<acc_t>() : nullptr, at::cuda::getCurrentCUDAStream()));
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> householder_flow_backward_cuda(const at::Tensor& grad,
+                                                                  const at::Tensor& out,
+                                                                  const at::Tensor& v) {
+  check_householder_backward_inputs(grad, out, v);
+  check_cuda_inputs("householder_flow_backward", out);
+  const c10::cuda::CUDAGuard guard(out.device());
+  const int64_t B = out.size(0), L = out.size(1), T = v.size(-2);
+  const bool shared = v.dim() == 2;
+  const auto acc = acc_type(out.scalar_type());
+  const at::Tensor gc = grad.to(out.scalar_type()).contiguous(), oc = out.contiguous(),
+                   vc = v.contiguous();
+  at::Tensor grad_z = at::empty({B, L}, out.options());
+  at::Tensor grad_v = at::empty(v.sizes(), v.options());
+  if (B == 0 || L == 0 || T == 0) {
+    grad_z.copy_(gc);
+    grad_v.zero_();
+    return {grad_z, grad_v};
+  }
+  at::Tensor gacc;  // shared v: the sum over rows, in acc dtype
+  if (shared) gacc = at::zeros({T, L}, out.options().dtype(acc));
+  const int64_t ws = kernels::householder_workspace(B, L);
+  at::Tensor work;
+  if (ws > 0) work = at::empty({ws}, out.options().dtype(acc));
+  dispatch(out.scalar_type(), [&](auto types) {
+    using scalar_t = typename decltype(types)::scalar;
+    using acc_t = typename decltype(types)::acc;
+    check_launch(kernels::householder_backward<scalar_t, acc_t>(
+        static_cast<const scalar_t*>(gc.data_ptr()), static_cast<const scalar_t*>(oc.data_ptr()),
+        static_cast<const scalar_t*>(vc.data_ptr()), static_cast<scalar_t*>(grad_z.data_ptr()),
+        shared ? nullptr : static_cast<scalar_t*>(grad_v.data_ptr()),
+        shared ? gacc.data_ptr<acc_t>() : nullptr, B, T, L, shared,
+        ws > 0 ? work.data_ptr<acc_t>() : nullptr, at::cuda::getCurrentCUDAStream()));
+  });
+  if (shared) grad_v.copy_(gacc);
+  return {grad_z, grad_v};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lvmfast, CUDA, m) {
+  m.impl("householder_flow", &householder_flow_cuda);
+  m.impl("householder_flow_backward", &householder_flow_backward_cuda);
+}
+
+}  // namespace lvmfast

@@ -1,0 +1,42 @@
+// CUDA kernels of the orthogonal family (bjorck_orthonormalize): launchers on raw pointers.
+// Device code only, no torch headers: plain nvcc compiles kernels/orthogonal.cu anywhere.
+// The math is the contract at the top of csrc/orthogonal.h.
+//
+// Types: (scalar_t, acc_t) in {(float, float), (double, double), (__half, float),
+// (__nv_bfloat16, float)}. q, out, grad, grad_q: N matrices of D x M, row-major, contiguous.
+// Each matrix runs its own iteration count inside one thread block: no host-device sync,
+// CUDA-graph capturable. Launchers are asynchronous on `stream` and return cudaError_t.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace lvmfast {
+namespace kernels {
+
+// Thread blocks the launchers use: min(N, ctas_per_sm * num_sms); each loops over matrices.
+int bjorck_num_blocks(int64_t N, int num_sms);
+
+// acc_t elements of global workspace. Forward: 0 when Q, Q' and A fit in shared memory
+// (max_smem_bytes: the device's opt-in limit per block), else per block 2 D M + M M.
+// Backward: per block (max_steps + 1) D M + max_steps M M (the executed iterates of the
+// block's current matrix) + 2 D M + 2 M M (gradient buffers); not per matrix.
+int64_t bjorck_forward_workspace(int64_t D, int64_t M, int blocks, size_t acc_size,
+                                 size_t max_smem_bytes);
+int64_t bjorck_backward_workspace(int64_t D, int64_t M, int64_t max_steps, int blocks);
+
+template <typename scalar_t, typename acc_t>
+cudaError_t bjorck_forward(const scalar_t* q, scalar_t* out, int64_t N, int64_t D, int64_t M,
+                           int64_t max_steps, double tol, int blocks, acc_t* workspace,
+                           size_t max_smem_bytes, cudaStream_t stream);
+
+template <typename scalar_t, typename acc_t>
+cudaError_t bjorck_backward(const scalar_t* grad, const scalar_t* q, scalar_t* grad_q, int64_t N,
+                            int64_t D, int64_t M, int64_t max_steps, double tol, int blocks,
+                            acc_t* workspace, cudaStream_t stream);
+
+}  // namespace kernels
+}  // namespace lvmfast
