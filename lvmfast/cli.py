@@ -153,6 +153,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from lvmfast import train  # lazy: pulls in scikit-learn, tqdm and matplotlib
+
+    return train.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lvmfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, as the protocol)")
     bench.add_argument("--budget", type=float, help="seconds of repetitions per measurement")
     bench.set_defaults(func=cmd_bench)
+    train = sub.add_parser("train", help="train a model on the digits (or --data FILE.npz)")
+    from lvmfast.train import add_arguments as add_train_arguments
+
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
     args = parser.parse_args(argv)
     return args.func(args)
 

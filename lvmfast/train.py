@@ -1,0 +1,249 @@
+"""`lvmfast train`: fit a VAE on the digits (or a user's .npz), early-stop on the validation ELBO,
+then report the test IWAE NLL (S = 1000) and write samples and pictures.
+
+Outputs in --out DIR: metrics.json, samples.npy (integer grey levels), model.pt, samples.png
+(real vs generated), val_curve.png and, for 2-D latents, latent.png (the prior's contours with
+the encoded test points).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from lvmfast.data import Splits, load_digits, load_npz
+
+NOT_YET = ("two-level", "top-down", "ddgm", "ddpm")
+
+
+def add_arguments(p) -> None:
+    from lvmfast.nn.posteriors import POSTERIORS
+    from lvmfast.nn.priors import PRIORS
+
+    p.add_argument("--model", required=True, help="vae (two-level, top-down, ddgm, ddpm: not implemented yet)")
+    p.add_argument("--prior", default="standard", choices=PRIORS)
+    p.add_argument("--posterior", default="gaussian", choices=tuple(POSTERIORS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--data", help=".npz with integer image arrays train, val, test and a scalar levels")
+    p.add_argument("--latent-dim", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adamax learning rate")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--patience", type=int, default=20, help="epochs without a better validation ELBO")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="KL warm-up epochs, beta rising linearly 0 -> 1 (0: off; default 100 for the vMF "
+                        "posterior, which otherwise collapses on the digits, else 0)")
+    p.add_argument("--components", type=int, help="mixture components / pseudo-inputs (prior default)")
+    p.add_argument("--iwae-samples", type=int, default=1000)
+    p.add_argument("--backend", help="lvmfast backend for the fused ops (default: auto)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-pictures", action="store_true")
+
+
+def build_model(args, data: Splits):
+    from lvmfast.models import VAE
+
+    prior_kwargs = {}
+    if args.components is not None:
+        if args.prior in ("mog", "vampprior"):
+            prior_kwargs["num_components"] = args.components
+        elif args.prior in ("gtm", "gtm-vampprior"):
+            prior_kwargs["points_per_side"] = max(1, round(math.sqrt(args.components)))
+    return VAE(data_dim=data.dim, latent_dim=args.latent_dim, hidden=args.hidden, levels=data.levels,
+               prior=args.prior, posterior=args.posterior, init_data=data.train, prior_kwargs=prior_kwargs)
+
+
+def _batches(x, batch_size, generator):
+    perm = torch.randperm(x.shape[0], generator=generator)
+    return [x[perm[i:i + batch_size]] for i in range(0, x.shape[0], batch_size)]
+
+
+def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20, warmup=0,
+        device="cpu", seed=0, progress=True, val_samples=5):
+    """Adamax on the negative ELBO with early stopping on the validation negative ELBO; returns
+    (history, best_epoch) and leaves the best weights in `model`."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adamax(model.parameters(), lr=lr)
+    train, val = data.train.to(device), data.val.to(device)
+    best, best_state, best_epoch, history = math.inf, None, 0, []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=epochs, desc="train", unit="epoch", dynamic_ncols=True, file=sys.stderr)
+    for epoch in range(1, epochs + 1):
+        beta = min(1.0, epoch / warmup) if warmup > 0 else 1.0
+        model.train()
+        t0, total = time.perf_counter(), 0.0
+        for xb in _batches(train, batch_size, gen):
+            loss = model(xb, beta=beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * xb.shape[0]
+        seconds = time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad():
+            val_loss = -model.elbo(val, num_samples=val_samples).mean().item()
+        history.append({"epoch": epoch, "train_neg_elbo": total / train.shape[0], "val_neg_elbo": val_loss,
+                        "beta": beta, "seconds": seconds})
+        if not math.isfinite(val_loss):
+            raise FloatingPointError(f"validation ELBO is {val_loss} at epoch {epoch}")
+        if val_loss < best:
+            best, best_epoch = val_loss, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(val=f"{val_loss:.2f}", best=f"{best:.2f}@{best_epoch}")
+        if epoch >= warmup and epoch - best_epoch >= patience:
+            break
+    if bar is not None:
+        bar.close()
+    model.load_state_dict(best_state)
+    return history, best_epoch
+
+
+def pictures(model, data: Splits, samples: np.ndarray, history, out: str, device="cpu") -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    shape = data.image_shape
+    if shape is not None:
+        n = 8  # an n x n grid of test images left, of generated ones right
+        real = data.test[:n * n].cpu().numpy()
+        fig, axes = plt.subplots(n, 2 * n + 1, figsize=(2 * n + 1, n), squeeze=False)
+        for i in range(n):
+            for j in range(2 * n + 1):
+                ax, k = axes[i, j], i * n + (j if j < n else j - n - 1)
+                ax.axis("off")
+                image = real[k] if j < n and k < len(real) else samples[k] if j > n else None
+                if image is not None:
+                    ax.imshow(image.reshape(shape), cmap="gray_r", vmin=0, vmax=data.levels - 1)
+        axes[0, n // 2].set_title("real (test)")
+        axes[0, n + 1 + n // 2].set_title("generated")
+        fig.savefig(os.path.join(out, "samples.png"), dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        written.append("samples.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([h["epoch"] for h in history], [h["val_neg_elbo"] for h in history], label="validation")
+    ax.plot([h["epoch"] for h in history], [h["train_neg_elbo"] for h in history], label="train", alpha=0.6)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("negative ELBO (nats)")
+    lo = min(min(h["val_neg_elbo"], h["train_neg_elbo"]) for h in history)
+    ax.set_ylim(lo - 5, min(h["val_neg_elbo"] for h in history) + 60)  # the first epochs are far off
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "val_curve.png"), dpi=100)
+    plt.close(fig)
+    written.append("val_curve.png")
+
+    if model.latent_dim == 2:
+        z = model.encode(data.test.to(device)).cpu().numpy()
+        lim = max(3.0, float(np.abs(z).max()) * 1.1)
+        g = torch.linspace(-lim, lim, 200, device=device)
+        zz = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
+        with torch.no_grad():
+            logp = model.prior.log_prob(zz).reshape(200, 200).cpu().numpy()
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        gg = g.cpu().numpy()
+        ax.contourf(gg, gg, np.exp(logp), levels=30, cmap="Blues")
+        labels = data.test_labels.cpu().numpy() if data.test_labels is not None else None
+        sc = ax.scatter(z[:, 0], z[:, 1], s=6, c=labels, cmap="tab10" if labels is not None else None,
+                        edgecolors="none")
+        if labels is not None:
+            fig.colorbar(sc, ax=ax, label="digit")
+        ax.set_title("prior density and encoded test points")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "latent.png"), dpi=100)
+        plt.close(fig)
+        written.append("latent.png")
+    return written
+
+
+def command_line(args) -> str:
+    """The `lvmfast train` command that repeats this run (options equal to their default omitted)."""
+    import argparse
+
+    defaults = argparse.ArgumentParser()
+    add_arguments(defaults)
+    parts = ["lvmfast train"]
+    for action in defaults._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, None)
+        if action.required or value != action.default:
+            flag = action.option_strings[0]
+            parts.append(flag if value is True else f"{flag} {value}")
+    return " ".join(parts)
+
+
+def run(args) -> int:
+    if args.model in NOT_YET:
+        print(f"lvmfast train: model {args.model!r} is not implemented yet (available: vae)", file=sys.stderr)
+        return 2
+    if args.model != "vae":
+        print(f"lvmfast train: unknown model {args.model!r}; expected vae", file=sys.stderr)
+        return 2
+    import lvmfast
+    from lvmfast.estimators import importance_sampling
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("lvmfast train: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    data = load_npz(args.data) if args.data else load_digits()
+    warmup = args.warmup if args.warmup is not None else (100 if args.posterior == "vmf" else 0)
+    os.makedirs(args.out, exist_ok=True)
+    torch.manual_seed(args.seed)
+    backend = args.backend or lvmfast.current_backend()
+    with lvmfast.use_backend(backend):
+        model = build_model(args, data).to(device)
+        t0 = time.perf_counter()
+        history, best_epoch = fit(model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                  patience=args.patience, warmup=warmup, device=device, seed=args.seed,
+                                  progress=not args.no_progress)
+        train_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        torch.manual_seed(args.seed + 1)
+        nll, neg_elbo = importance_sampling(model, data.test.to(device), args.iwae_samples)
+        eval_seconds = time.perf_counter() - t0
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        model.eval()
+        samples = model.sample(max(1000, 64), generator=gen).cpu().numpy().astype(np.int64)
+    np.save(os.path.join(args.out, "samples.npy"), samples)
+    torch.save({"state_dict": model.state_dict(), "config": vars(args)}, os.path.join(args.out, "model.pt"))
+    metrics = {
+        "model": args.model, "prior": args.prior, "posterior": args.posterior, "seed": args.seed,
+        "latent_dim": args.latent_dim, "kl_warmup_epochs": warmup, "test_nll_iwae": nll.mean().item(), "iwae_samples": args.iwae_samples,
+        "test_neg_elbo": neg_elbo.mean().item(), "epochs": len(history), "best_epoch": best_epoch,
+        "best_val_neg_elbo": min(h["val_neg_elbo"] for h in history),
+        "train_seconds": train_seconds, "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history),
+        "eval_seconds": eval_seconds, "device": str(device), "backend": backend,
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "lvmfast": lvmfast.__version__,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "command": command_line(args),
+        "history": history,
+    }
+    if not args.no_pictures:
+        metrics["pictures"] = pictures(model, data, samples, history, args.out, device)
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    print(f"test IWAE NLL (S={args.iwae_samples}) {metrics['test_nll_iwae']:.2f} nats, test -ELBO "
+          f"{metrics['test_neg_elbo']:.2f}, {len(history)} epochs (best {best_epoch}), "
+          f"{train_seconds:.1f} s training; wrote {args.out}")
+    return 0
