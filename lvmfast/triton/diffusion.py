@@ -88,8 +88,12 @@ def _chain_bwd_kernel(grad_ptr, x_ptr, coefs_ptr, seed_ptr, out_ptr, grad_x_ptr,
     for j in range(T):
         i = T - 1 - j
         adj += tl.load(grad_ptr + flat, mask=mask, other=0).to(acc_ty)
-        prev = tl.load(out_ptr + (flat - step), mask=mask & (i > 0), other=0).to(acc_ty)
-        prev += tl.load(x_ptr + offs, mask=mask & (i == 0), other=0).to(acc_ty)
+        # z_{i-1}: the previous latent, or x itself for the first step (a scalar branch; a
+        # block mask combined with a scalar condition is rejected by newer interpreters)
+        if i > 0:
+            prev = tl.load(out_ptr + (flat - step), mask=mask, other=0).to(acc_ty)
+        else:
+            prev = tl.load(x_ptr + offs, mask=mask, other=0).to(acc_ty)
         noise = tl.where(mask, tl.randn(seed, flat).to(acc_ty), 0.0)
         tl.atomic_add(grad_coefs_ptr + 2 * i, tl.sum(adj * prev, axis=0))
         tl.atomic_add(grad_coefs_ptr + 2 * i + 1, tl.sum(adj * noise, axis=0))
