@@ -13,23 +13,10 @@
 #include <vector>
 
 #include "../householder.h"
+#include "simd.h"
 
 namespace lvmfast {
 namespace {
-
-// One 64-byte vector: one AVX-512 register, two AVX2 or four SSE ones, by target clone.
-template <typename T>
-struct Simd {
-  typedef T vec __attribute__((vector_size(64)));
-  static constexpr int width = 64 / sizeof(T);
-};
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LVMFAST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LVMFAST_MULTIVERSION
-#endif
-#define LVMFAST_INLINE inline __attribute__((always_inline))
 
 template <typename T>
 LVMFAST_INLINE typename Simd<T>::vec load(const T* p) {

@@ -17,24 +17,10 @@
 #include <vector>
 
 #include "../mixture.h"
+#include "simd.h"
 
 namespace lvmfast {
 namespace {
-
-// One vector of 64 bytes: the compiler lowers it to one AVX-512 register, two
-// AVX2 registers or four SSE registers, depending on the clone being compiled.
-template <typename T>
-struct Simd {
-  typedef T vec __attribute__((vector_size(64)));
-  static constexpr int width = 64 / sizeof(T);
-};
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LVMFAST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LVMFAST_MULTIVERSION
-#endif
-#define LVMFAST_INLINE inline __attribute__((always_inline))
 
 constexpr int kRows = 6;  // rows per register block: 6 x W accumulators stay in registers
 

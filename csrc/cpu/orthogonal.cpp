@@ -19,22 +19,10 @@
 #include <vector>
 
 #include "../orthogonal.h"
+#include "simd.h"
 
 namespace lvmfast {
 namespace {
-
-template <typename T>
-struct Simd {
-  typedef T vec __attribute__((vector_size(64)));
-  static constexpr int width = 64 / sizeof(T);
-};
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LVMFAST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LVMFAST_MULTIVERSION
-#endif
-#define LVMFAST_INLINE inline __attribute__((always_inline))
 
 constexpr int kRows = 4;   // rows of C per micro-kernel call
 constexpr int kChunks = 4;  // vectors of C per row per micro-kernel call

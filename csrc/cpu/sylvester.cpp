@@ -18,22 +18,10 @@
 #include <vector>
 
 #include "../sylvester.h"
+#include "simd.h"
 
 namespace lvmfast {
 namespace {
-
-template <typename T>
-struct Simd {
-  typedef T vec __attribute__((vector_size(64)));
-  static constexpr int width = 64 / sizeof(T);
-};
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LVMFAST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LVMFAST_MULTIVERSION
-#endif
-#define LVMFAST_INLINE inline __attribute__((always_inline))
 
 template <typename T>
 LVMFAST_INLINE T dot(const T* x, const T* y, int64_t n) {
@@ -176,7 +164,6 @@ LVMFAST_INLINE void forward_sample(const Args<T>& p, int64_t n, T* out, T* logde
   apply_q_add(p, Q, z, c, out + n * D);
   logdet[n] = ld;
 }
-
 
 template <typename T>
 struct BackwardSinks {
