@@ -17,6 +17,7 @@
 // block's rows in shared memory when T L fits (48 KB), then one atomicAdd per element and
 // block; otherwise atomics straight to global memory.
 #include "householder.cuh"
+#include "convert.cuh"
 
 #include <cstdint>
 
@@ -26,31 +27,6 @@ namespace {
 
 constexpr int kWarps = 8;  // rows (warps) per block
 constexpr int kThreads = 32 * kWarps;
-
-template <typename acc_t, typename T>
-__device__ __forceinline__ acc_t to_acc(T x) {
-  return static_cast<acc_t>(x);
-}
-template <>
-__device__ __forceinline__ float to_acc<float, __half>(__half x) {
-  return __half2float(x);
-}
-template <>
-__device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <typename T, typename acc_t>
-__device__ __forceinline__ T from_acc(acc_t x) {
-  return static_cast<T>(x);
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half, float>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t x) {

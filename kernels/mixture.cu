@@ -39,6 +39,7 @@
 //   * -inf safety: exp(a - m) is never evaluated with a = m = -inf (rescale() and the
 //     s == -inf test), so switched-off components add exactly 0 and never NaN.
 #include "mixture.cuh"
+#include "convert.cuh"
 
 #include <cmath>
 #include <cstdint>
@@ -89,31 +90,6 @@ __device__ __forceinline__ Vec<T, N> ldv(const T* p) {
 
 __host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <typename acc_t, typename T>
-__device__ __forceinline__ acc_t to_acc(T x) {
-  return static_cast<acc_t>(x);
-}
-template <>
-__device__ __forceinline__ float to_acc<float, __half>(__half x) {
-  return __half2float(x);
-}
-template <>
-__device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <typename T, typename acc_t>
-__device__ __forceinline__ T from_acc(acc_t x) {
-  return static_cast<T>(x);
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half, float>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 // exp via exp2: two instructions for float, ~2 ulp; exp(-inf) = 0.
 __device__ __forceinline__ float exp_acc(float x) { return exp2f(x * 1.4426950408889634f); }

@@ -22,6 +22,7 @@
 // iterates Q_j and A_j in the block's slice of a global workspace (per block, not per matrix:
 // memory does not grow with the batch), then walks them back.
 #include "orthogonal.cuh"
+#include "convert.cuh"
 
 #include <cstdint>
 
@@ -31,31 +32,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kBlocksPerSm = 2;
-
-template <typename acc_t, typename T>
-__device__ __forceinline__ acc_t to_acc(T x) {
-  return static_cast<acc_t>(x);
-}
-template <>
-__device__ __forceinline__ float to_acc<float, __half>(__half x) {
-  return __half2float(x);
-}
-template <>
-__device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <typename T, typename acc_t>
-__device__ __forceinline__ T from_acc(acc_t x) {
-  return static_cast<T>(x);
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half, float>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float x) {
-  return __float2bfloat16_rn(x);
-}
 
 // Sum over the block; every thread gets the result. red: 32 acc_t of shared memory.
 template <typename acc_t>
