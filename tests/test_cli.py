@@ -1,5 +1,6 @@
 """The command line: `lvmfast info` and `lvmfast bench` (tiny budget: checks the plumbing, not speed)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -7,8 +8,10 @@ import pytest
 
 
 def run_cli(*args):
+    # the command as a user runs it: without the Triton interpreter the test session switches on
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     return subprocess.run([sys.executable, "-m", "lvmfast", *args], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 def test_info_reports_backends():

@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 
 import lvmfast
-from lvmfast import _backend
-from lvmfast.bench.harness import Candidate, Case
+from lvmfast.bench.harness import Candidate, Case, timed_backend
 from lvmfast.diffusion import Schedule
 
 FULL = {"rows": (65536, 64), "chain": (256, 64, 1000), "sample": (256, 64, 1000)}
@@ -96,7 +95,7 @@ def _with_randn(fn, kind):
 
 
 def _rows_cases(device, B, D, quick):
-    backends = [b for b in ("native", "triton") if device.type in _backend.AVAILABLE[b]["q_sample"]]
+    backends = [b for b in ("native", "triton") if timed_backend(b, "q_sample", device)]
     out = []
     nbytes = B * D * 4
     for drawn in ((True,) if quick else (False, True)):  # quick: the drawn-noise rows only
@@ -163,7 +162,7 @@ def _chain_cases(device, B, D, T):
         return fn
 
     cands = [Candidate(f"lvmfast[{b}]", maker(lv(b)))
-             for b in ("native", "triton") if device.type in _backend.AVAILABLE[b]["forward_chain"]]
+             for b in ("native", "triton") if timed_backend(b, "forward_chain", device)]
     cands.append(Candidate("torch Python loop", maker(torch_chain), is_baseline=True,
                            bytes_needed=3 * T * B * D * 4))
     return [Case("forward_chain", "chain", {"B": B, "D": D, "T": T}, cands)]
@@ -194,7 +193,7 @@ def _sample_cases(device, B, D, T, quick):
 
     cands = [Candidate(f"lvmfast[{b}] sample()", maker(lv(b)))
              for b in ("native", "triton", "reference")
-             if (b == "reference" and not quick) or (b != "reference" and device.type in _backend.AVAILABLE[b]["p_step"])]
+             if (b == "reference" and not quick) or (b != "reference" and timed_backend(b, "p_step", device))]
     cands.append(Candidate("torch loop, per-sample-t step", maker(torch_loop), is_baseline=True))
     if diffusers is not None:
         ddpm = _ddpm(T, device)

@@ -14,6 +14,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
+def timed_backend(backend: str, op: str, device: torch.device) -> bool:
+    """Whether to time `backend` for `op` on `device`: it must have a kernel there, and the
+    Triton interpreter (Triton on the CPU) is a correctness tool, far too slow to time."""
+    from lvmfast import _backend
+
+    return device.type in _backend.AVAILABLE[backend][op] and not (
+        backend == "triton" and device.type == "cpu")
+
+
 @dataclasses.dataclass
 class Candidate:
     """One way of computing the benchmarked quantity.

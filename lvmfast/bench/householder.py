@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 
 import lvmfast
-from lvmfast import _backend
-from lvmfast.bench.harness import Candidate, Case
+from lvmfast.bench.harness import Candidate, Case, timed_backend
 
 FULL_SHAPES = {"flow": (8192, 10, 64)}   # (B, T, L)
 QUICK_SHAPES = {"small": (1024, 4, 32)}
@@ -41,7 +40,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     out = []
     for shape_name, (B, T, L) in (QUICK_SHAPES if quick else FULL_SHAPES).items():
         cands = [Candidate(f"lvmfast[{b}]", _maker(lvmfast_backend(b), B, T, L, device))
-                 for b in ("native", "triton") if device.type in _backend.AVAILABLE[b]["householder_flow"]]
+                 for b in ("native", "triton") if timed_backend(b, "householder_flow", device)]
         # autograd of the loop keeps ~3 (B, L) tensors per step
         cands.append(Candidate("torch loop of reflections", _maker(torch_loop, B, T, L, device),
                                is_baseline=True, bytes_needed=4 * B * L * 4 * (T + 2)))

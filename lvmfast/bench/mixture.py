@@ -7,8 +7,7 @@ import math
 import torch
 
 import lvmfast
-from lvmfast import _backend
-from lvmfast.bench.harness import Candidate, Case
+from lvmfast.bench.harness import Candidate, Case, timed_backend
 
 FULL_SHAPES = {"vamp": (100, 500, 40), "mid": (4096, 512, 64), "big": (65536, 1024, 64)}
 QUICK_SHAPES = {"vamp": (100, 500, 40), "small": (1024, 128, 32)}
@@ -57,7 +56,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     for shape_name, (B, K, L) in (QUICK_SHAPES if quick else FULL_SHAPES).items():
         bkl = B * K * L * 4  # one float32 (B, K, L) temporary
         cands = [Candidate(f"lvmfast[{b}]", _maker(lvmfast_backend(b), B, K, L, device))
-                 for b in ("native", "triton") if device.type in _backend.AVAILABLE[b]["log_mog"]]
+                 for b in ("native", "triton") if timed_backend(b, "log_mog", device)]
         cands += [
             Candidate("torch two-matmul", _maker(two_matmul, B, K, L, device), is_baseline=True,
                       bytes_needed=6 * B * K * 4),

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 
 import lvmfast
-from lvmfast import _backend
-from lvmfast.bench.harness import Candidate, Case
+from lvmfast.bench.harness import Candidate, Case, timed_backend
 
 FULL_SHAPES = {"snf": (1024, 64, 32)}   # (matrices, D, M)
 QUICK_SHAPES = {"small": (128, 16, 8)}
@@ -47,7 +46,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     for shape_name, (N, D, M) in (QUICK_SHAPES if quick else FULL_SHAPES).items():
         cands = [Candidate(f"lvmfast[{b}]", _maker(lvmfast_backend(b), N, D, M, device))
                  for b in ("native", "triton")
-                 if device.type in _backend.AVAILABLE[b]["bjorck_orthonormalize"]]
+                 if timed_backend(b, "bjorck_orthonormalize", device)]
         per_step = 4 * N * (2 * D * M + 2 * M * M)  # autograd keeps q, gram, q @ gram per step
         cands.append(Candidate("torch bmm loop (host sync)", _maker(torch_bmm_loop, N, D, M, device),
                                is_baseline=True, bytes_needed=per_step * MAX_STEPS))

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 import lvmfast
-from lvmfast import _backend
-from lvmfast.bench.harness import Candidate, Case
+from lvmfast.bench.harness import Candidate, Case, timed_backend
 
 FLOWS = 4
 FULL = {"B": 1024, "D": 64}
@@ -106,7 +105,7 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
         M = D // 2 if kind == "orthogonal" else D
         bmm_bytes = FLOWS * 6 * B * M * M * 4  # masked copies and their gradients
         cands = [Candidate(f"lvmfast[{b}]", _maker(lvmfast_backend(b), kind, B, D, device))
-                 for b in ("native", "triton") if device.type in _backend.AVAILABLE[b]["sylvester_flow"]]
+                 for b in ("native", "triton") if timed_backend(b, "sylvester_flow", device)]
         cands += [
             Candidate("torch bmm + triu mask", _maker(torch_bmm_flow, kind, B, D, device),
                       is_baseline=True, bytes_needed=bmm_bytes),
