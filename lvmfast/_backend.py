@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import warnings
 
@@ -54,10 +55,10 @@ def _has_kernel(op: str, key: str) -> bool:
 
 
 def register_op(op: str, family: str, auto_cuda_order: tuple[str, ...] = ("native", "triton")) -> None:
-    """Records where `op` has kernels. Imports lvmfast/triton/<family>.py first when Triton is
-    usable, so its kernels are registered (op `<op>_triton`)."""
+    """Records where `op` has kernels. Imports lvmfast/triton/<family>.py first, where the family
+    has one and Triton is usable, so its kernels are registered (op `<op>_triton`)."""
     global _TRITON_ERROR
-    if _TRITON_VERSION is not None:
+    if _TRITON_VERSION is not None and importlib.util.find_spec(f"lvmfast.triton.{family}"):
         try:
             importlib.import_module(f"lvmfast.triton.{family}")
         except Exception as err:  # a Triton too old for a kernel: that op runs elsewhere
