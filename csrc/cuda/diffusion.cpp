@@ -13,29 +13,13 @@
 #define LVMFAST_DIFFUSION_LAUNCHERS
 #include "../../kernels/diffusion.cuh"
 #include "../diffusion.h"
+#include "dispatch.h"
 
 namespace lvmfast {
 namespace {
 
-void check_launch(const char* op, cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
-}
-
-template <typename scalar_t, typename acc_t>
-struct Types {
-  using scalar = scalar_t;
-  using acc = acc_t;
-};
-template <typename F>
-void dispatch(const char* op, at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(Types<float, float>{});
-    case at::kDouble: return f(Types<double, double>{});
-    case at::kHalf: return f(Types<__half, float>{});
-    case at::kBFloat16: return f(Types<__nv_bfloat16, float>{});
-    default: TORCH_CHECK_VALUE(false, op, ": unsupported dtype ", t);
-  }
-}
+using cuda_glue::check_launch;
+using cuda_glue::dispatch;
 
 template <typename T>
 T* ptr(const at::Tensor& t) {

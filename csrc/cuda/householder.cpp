@@ -10,35 +10,20 @@
 
 #include "../../kernels/householder.cuh"
 #include "../householder.h"
+#include "dispatch.h"
 
 namespace lvmfast {
 namespace {
+
+constexpr const char* kOp = "householder_flow";
+using cuda_glue::check_launch;
+using cuda_glue::dispatch;
 
 void check_cuda_inputs(const char* op, const at::Tensor& z) {
   TORCH_CHECK(z.is_cuda(), op, ": expected CUDA tensors, got ", z.device());
   const auto t = z.scalar_type();
   TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
                     op, ": on CUDA z must be float32, float64, float16 or bfloat16, got ", t);
-}
-
-void check_launch(cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, "householder_flow CUDA kernel failed: ", cudaGetErrorString(err));
-}
-
-template <typename scalar_t, typename acc_t>
-struct Types {
-  using scalar = scalar_t;
-  using acc = acc_t;
-};
-template <typename F>
-void dispatch(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(Types<float, float>{});
-    case at::kDouble: return f(Types<double, double>{});
-    case at::kHalf: return f(Types<__half, float>{});
-    case at::kBFloat16: return f(Types<__nv_bfloat16, float>{});
-    default: TORCH_CHECK_VALUE(false, "householder_flow: unsupported dtype ", t);
-  }
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -55,10 +40,10 @@ at::Tensor householder_flow_cuda(const at::Tensor& z, const at::Tensor& v) {
   const int64_t ws = kernels::householder_workspace(B, L);
   at::Tensor work;
   if (ws > 0) work = at::empty({ws}, z.options().dtype(acc_type(z.scalar_type())));
-  dispatch(z.scalar_type(), [&](auto types) {
+  dispatch(kOp, z.scalar_type(), [&](auto types) {
     using scalar_t = typename decltype(types)::scalar;
     using acc_t = typename decltype(types)::acc;
-    check_launch(kernels::householder_forward<scalar_t, acc_t>(
+    check_launch(kOp, kernels::householder_forward<scalar_t, acc_t>(
         static_cast<const scalar_t*>(zc.data_ptr()), static_cast<const scalar_t*>(vc.data_ptr()),
         static_cast<scalar_t*>(out.data_ptr()), B, T, L, shared,
         ws > 0 ? work.data_ptr<acc_t>() : nullptr, at::cuda::getCurrentCUDAStream()));
@@ -89,10 +74,10 @@ std::tuple<at::Tensor, at::Tensor> householder_flow_backward_cuda(const at::Tens
   const int64_t ws = kernels::householder_workspace(B, L);
   at::Tensor work;
   if (ws > 0) work = at::empty({ws}, out.options().dtype(acc));
-  dispatch(out.scalar_type(), [&](auto types) {
+  dispatch(kOp, out.scalar_type(), [&](auto types) {
     using scalar_t = typename decltype(types)::scalar;
     using acc_t = typename decltype(types)::acc;
-    check_launch(kernels::householder_backward<scalar_t, acc_t>(
+    check_launch(kOp, kernels::householder_backward<scalar_t, acc_t>(
         static_cast<const scalar_t*>(gc.data_ptr()), static_cast<const scalar_t*>(oc.data_ptr()),
         static_cast<const scalar_t*>(vc.data_ptr()), static_cast<scalar_t*>(grad_z.data_ptr()),
         shared ? nullptr : static_cast<scalar_t*>(grad_v.data_ptr()),

@@ -10,19 +10,20 @@
 
 #include "../../kernels/mixture.cuh"
 #include "../mixture.h"
+#include "dispatch.h"
 
 namespace lvmfast {
 namespace {
+
+constexpr const char* kOp = "log_mog";
+using cuda_glue::check_launch;
+using cuda_glue::dispatch;
 
 void check_cuda_inputs(const at::Tensor& z) {
   TORCH_CHECK(z.is_cuda(), "log_mog: expected CUDA tensors, got ", z.device());
   const auto t = z.scalar_type();
   TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
                     "log_mog: on CUDA z must be float32, float64, float16 or bfloat16, got ", t);
-}
-
-void check_launch(cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, "log_mog CUDA kernel failed: ", cudaGetErrorString(err));
 }
 
 std::vector<int64_t> batch_shape(const at::Tensor& z) {
@@ -32,22 +33,6 @@ std::vector<int64_t> batch_shape(const at::Tensor& z) {
 }
 
 // Calls f with (kernel scalar type, accumulation type) as template arguments via tags.
-template <typename scalar_t, typename acc_t>
-struct Types {
-  using scalar = scalar_t;
-  using acc = acc_t;
-};
-template <typename F>
-void dispatch(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(Types<float, float>{});
-    case at::kDouble: return f(Types<double, double>{});
-    case at::kHalf: return f(Types<__half, float>{});
-    case at::kBFloat16: return f(Types<__nv_bfloat16, float>{});
-    default: TORCH_CHECK_VALUE(false, "log_mog: unsupported dtype ", t);
-  }
-}
-
 // out (N,) in acc_t = logsumexp over the components, for z2 (N, L) contiguous.
 template <typename scalar_t, typename acc_t>
 void run_forward(const at::Tensor& z2, const at::Tensor& mu, const at::Tensor& prec,
@@ -57,7 +42,7 @@ void run_forward(const at::Tensor& z2, const at::Tensor& mu, const at::Tensor& p
   const int splits = kernels::log_mog_num_splits<acc_t>(N, K, sms);
   at::Tensor work;  // per-split partial (max, sum) pairs
   if (splits > 1) work = at::empty({2 * splits * N}, out.options());
-  check_launch(kernels::log_mog_forward<scalar_t, acc_t>(
+  check_launch(kOp, kernels::log_mog_forward<scalar_t, acc_t>(
       static_cast<const scalar_t*>(z2.data_ptr()), mu.data_ptr<acc_t>(), prec.data_ptr<acc_t>(),
       consts.data_ptr<acc_t>(), out.data_ptr<acc_t>(), N, K, L, splits,
       splits > 1 ? work.data_ptr<acc_t>() : nullptr, at::cuda::getCurrentCUDAStream()));
@@ -76,7 +61,7 @@ at::Tensor log_mog_cuda(const at::Tensor& z, const at::Tensor& means, const at::
   auto [prec, consts] = log_mog_precompute(logvars, logits);
   const at::Tensor mu = means.to(acc).contiguous();
   at::Tensor out = at::empty({N}, z.options().dtype(acc));
-  dispatch(z.scalar_type(), [&](auto types) {
+  dispatch(kOp, z.scalar_type(), [&](auto types) {
     using T = decltype(types);
     run_forward<typename T::scalar, typename T::acc>(z2, mu, prec, consts, out);
   });
@@ -111,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cuda
   at::Tensor grad_z = at::empty({N, L}, z.options());
   at::Tensor wdiff = at::zeros({K, L}, acc_opts), wsq = at::zeros({K, L}, acc_opts);
   at::Tensor wsum = at::zeros({K}, acc_opts);
-  dispatch(z.scalar_type(), [&](auto types) {
+  dispatch(kOp, z.scalar_type(), [&](auto types) {
     using scalar_t = typename decltype(types)::scalar;
     using acc_t = typename decltype(types)::acc;
     at::Tensor o;
@@ -127,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cuda
     if (low_precision) work = at::empty({N * L}, acc_opts);
     const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
     const int splits = kernels::log_mog_num_splits<acc_t>(N, K, sms);
-    check_launch(kernels::log_mog_backward<scalar_t, acc_t>(
+    check_launch(kOp, kernels::log_mog_backward<scalar_t, acc_t>(
         g.data_ptr<acc_t>(), static_cast<const scalar_t*>(z2.data_ptr()), mu.data_ptr<acc_t>(),
         prec.data_ptr<acc_t>(), consts.data_ptr<acc_t>(), o.data_ptr<acc_t>(),
         static_cast<scalar_t*>(grad_z.data_ptr()), wdiff.data_ptr<acc_t>(),

@@ -8,36 +8,20 @@
 
 #include "../../kernels/orthogonal.cuh"
 #include "../orthogonal.h"
+#include "dispatch.h"
 
 namespace lvmfast {
 namespace {
+
+constexpr const char* kOp = "bjorck_orthonormalize";
+using cuda_glue::check_launch;
+using cuda_glue::dispatch;
 
 void check_cuda_inputs(const char* op, const at::Tensor& q) {
   TORCH_CHECK(q.is_cuda(), op, ": expected CUDA tensors, got ", q.device());
   const auto t = q.scalar_type();
   TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
                     op, ": on CUDA q must be float32, float64, float16 or bfloat16, got ", t);
-}
-
-void check_launch(cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, "bjorck_orthonormalize CUDA kernel failed: ",
-              cudaGetErrorString(err));
-}
-
-template <typename scalar_t, typename acc_t>
-struct Types {
-  using scalar = scalar_t;
-  using acc = acc_t;
-};
-template <typename F>
-void dispatch(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(Types<float, float>{});
-    case at::kDouble: return f(Types<double, double>{});
-    case at::kHalf: return f(Types<__half, float>{});
-    case at::kBFloat16: return f(Types<__nv_bfloat16, float>{});
-    default: TORCH_CHECK_VALUE(false, "bjorck_orthonormalize: unsupported dtype ", t);
-  }
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -57,10 +41,10 @@ at::Tensor bjorck_orthonormalize_cuda(const at::Tensor& q, int64_t max_steps, do
   const int64_t ws = kernels::bjorck_forward_workspace(D, M, blocks, at::elementSize(acc), max_smem);
   at::Tensor work;
   if (ws > 0) work = at::empty({ws}, q.options().dtype(acc));
-  dispatch(q.scalar_type(), [&](auto types) {
+  dispatch(kOp, q.scalar_type(), [&](auto types) {
     using scalar_t = typename decltype(types)::scalar;
     using acc_t = typename decltype(types)::acc;
-    check_launch(kernels::bjorck_forward<scalar_t, acc_t>(
+    check_launch(kOp, kernels::bjorck_forward<scalar_t, acc_t>(
         static_cast<const scalar_t*>(qc.data_ptr()), static_cast<scalar_t*>(out.data_ptr()), N, D,
         M, max_steps, tol, blocks, ws > 0 ? work.data_ptr<acc_t>() : nullptr, max_smem,
         at::cuda::getCurrentCUDAStream()));
@@ -87,10 +71,10 @@ at::Tensor bjorck_orthonormalize_backward_cuda(const at::Tensor& grad, const at:
   // Per block (not per matrix): the executed iterates of the block's current matrix.
   at::Tensor work = at::empty({kernels::bjorck_backward_workspace(D, M, max_steps, blocks)},
                               q.options().dtype(acc_type(q.scalar_type())));
-  dispatch(q.scalar_type(), [&](auto types) {
+  dispatch(kOp, q.scalar_type(), [&](auto types) {
     using scalar_t = typename decltype(types)::scalar;
     using acc_t = typename decltype(types)::acc;
-    check_launch(kernels::bjorck_backward<scalar_t, acc_t>(
+    check_launch(kOp, kernels::bjorck_backward<scalar_t, acc_t>(
         static_cast<const scalar_t*>(gc.data_ptr()), static_cast<const scalar_t*>(qc.data_ptr()),
         static_cast<scalar_t*>(grad_q.data_ptr()), N, D, M, max_steps, tol, blocks,
         work.data_ptr<acc_t>(), at::cuda::getCurrentCUDAStream()));

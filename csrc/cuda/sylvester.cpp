@@ -12,9 +12,14 @@
 
 #include "../../kernels/sylvester.cuh"
 #include "../sylvester.h"
+#include "dispatch.h"
 
 namespace lvmfast {
 namespace {
+
+constexpr const char* kOp = "sylvester_flow";
+using cuda_glue::check_launch;
+using cuda_glue::dispatch;
 
 void check_cuda_inputs(const at::Tensor& z) {
   TORCH_CHECK(z.is_cuda(), "sylvester_flow: expected CUDA tensors, got ", z.device());
@@ -22,26 +27,6 @@ void check_cuda_inputs(const at::Tensor& z) {
   TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
                     "sylvester_flow: on CUDA z must be float32, float64, float16 or bfloat16, got ",
                     t);
-}
-
-void check_launch(cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, "sylvester_flow CUDA kernel failed: ", cudaGetErrorString(err));
-}
-
-template <typename scalar_t, typename acc_t>
-struct Types {
-  using scalar = scalar_t;
-  using acc = acc_t;
-};
-template <typename F>
-void dispatch(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(Types<float, float>{});
-    case at::kDouble: return f(Types<double, double>{});
-    case at::kHalf: return f(Types<__half, float>{});
-    case at::kBFloat16: return f(Types<__nv_bfloat16, float>{});
-    default: TORCH_CHECK_VALUE(false, "sylvester_flow: unsupported dtype ", t);
-  }
 }
 
 template <typename T>
@@ -88,10 +73,10 @@ std::tuple<at::Tensor, at::Tensor> sylvester_flow_cuda(const at::Tensor& z, cons
   at::Tensor logdet = at::empty({s.B}, z.options());
   if (s.B == 0) return {out, logdet};
   const kernels::SylvesterDims dims = dims_of(s, in);
-  dispatch(z.scalar_type(), [&](auto types) {
+  dispatch(kOp, z.scalar_type(), [&](auto types) {
     using T = typename decltype(types)::scalar;
     using A = typename decltype(types)::acc;
-    check_launch(kernels::sylvester_forward<T, A>(
+    check_launch(kOp, kernels::sylvester_forward<T, A>(
         ptr<T>(in.z), ptr<T>(in.r1), ptr<T>(in.r2), ptr<T>(in.b), ptr<T>(in.q), mut_ptr<T>(out),
         mut_ptr<T>(logdet), dims, num_sms(), at::cuda::getCurrentCUDAStream()));
   });
@@ -129,10 +114,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sylvester
     workspace = at::zeros({std::max(blocks, 1), shared_size}, z.options().dtype(acc));
   if (s.B > 0) {
     const kernels::SylvesterDims dims = dims_of(s, in);
-    dispatch(dtype, [&](auto types) {
+    dispatch(kOp, dtype, [&](auto types) {
       using T = typename decltype(types)::scalar;
       using A = typename decltype(types)::acc;
-      check_launch(kernels::sylvester_backward<T, A>(
+      check_launch(kOp, kernels::sylvester_backward<T, A>(
           ptr<T>(g), ptr<T>(gl), ptr<T>(in.z), ptr<T>(in.r1), ptr<T>(in.r2), ptr<T>(in.b),
           ptr<T>(in.q), mut_ptr<T>(gz), mut_ptr<T>(gr1), mut_ptr<T>(gr2), mut_ptr<T>(gb),
           mut_ptr<T>(gq), shared_size > 0 ? workspace.data_ptr<A>() : nullptr, shared_size, dims, blocks,

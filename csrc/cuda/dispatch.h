@@ -1,0 +1,36 @@
+// Pieces every CUDA glue file needs: the dtype dispatch onto (storage, accumulation) kernel
+// types, and the check of a launcher's return code.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace lvmfast {
+namespace cuda_glue {
+
+template <typename scalar_t, typename acc_t>
+struct Types {
+  using scalar = scalar_t;
+  using acc = acc_t;
+};
+
+// Calls f(Types<storage, accumulation>{}): double accumulates in double, the rest in float.
+template <typename F>
+void dispatch(const char* op, at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: return f(Types<float, float>{});
+    case at::kDouble: return f(Types<double, double>{});
+    case at::kHalf: return f(Types<__half, float>{});
+    case at::kBFloat16: return f(Types<__nv_bfloat16, float>{});
+    default: TORCH_CHECK_VALUE(false, op, ": unsupported dtype on CUDA: ", t);
+  }
+}
+
+inline void check_launch(const char* op, cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, op, " CUDA kernel failed: ", cudaGetErrorString(err));
+}
+
+}  // namespace cuda_glue
+}  // namespace lvmfast
