@@ -77,4 +77,20 @@ inline void diffusion_check_seed(const char* op, const at::Tensor& seed, const a
               seed.device(), " and the data on ", x.device());
 }
 
+// forward_chain's inputs: x floating (half types only on CUDA); coefs (T, 2) rows
+// [sqrt(1 - beta), sqrt(beta)] in x's accumulation dtype; seed a one-element int64 tensor.
+inline void diffusion_check_chain(const char* op, const at::Tensor& x, const at::Tensor& coefs,
+                                  const at::Tensor& seed, bool allow_half) {
+  diffusion_check_float(op, "x", x, allow_half);
+  TORCH_CHECK_VALUE(coefs.dim() == 2 && coefs.size(1) == 2, op,
+                    ": coefs must have shape (T, 2), got ", coefs.sizes());
+  TORCH_CHECK_VALUE(coefs.scalar_type() == diffusion_acc_type(x.scalar_type()), op,
+                    ": coefs must have dtype ", diffusion_acc_type(x.scalar_type()), ", got ",
+                    coefs.scalar_type());
+  TORCH_CHECK_VALUE(coefs.size(0) < (int64_t(1) << 32), op, ": at most 2^32 - 1 steps");
+  TORCH_CHECK(coefs.device() == x.device(), op, ": all tensors must be on one device, got x on ",
+              x.device(), " and coefs on ", coefs.device());
+  diffusion_check_seed(op, seed, x);
+}
+
 }  // namespace lvmfast

@@ -486,21 +486,8 @@ std::vector<at::Tensor> diffusion_backward_cpu(const at::Tensor& grad_in, const 
   return outs;
 }
 
-void check_chain(const char* op, const at::Tensor& x, const at::Tensor& coefs, const at::Tensor& seed) {
-  diffusion_check_float(op, "x", x, false);
-  TORCH_CHECK_VALUE(coefs.dim() == 2 && coefs.size(1) == 2, op,
-                    ": coefs must have shape (T, 2), got ", coefs.sizes());
-  TORCH_CHECK_VALUE(coefs.scalar_type() == diffusion_acc_type(x.scalar_type()), op,
-                    ": coefs must have dtype ", diffusion_acc_type(x.scalar_type()), ", got ",
-                    coefs.scalar_type());
-  TORCH_CHECK_VALUE(coefs.size(0) < (int64_t(1) << 32), op, ": at most 2^32 - 1 steps");
-  TORCH_CHECK(coefs.device() == x.device(), op, ": all tensors must be on one device, got x on ",
-              x.device(), " and coefs on ", coefs.device());
-  diffusion_check_seed(op, seed, x);
-}
-
 at::Tensor forward_chain_cpu(const at::Tensor& x_in, const at::Tensor& coefs_in, const at::Tensor& seed) {
-  check_chain("forward_chain", x_in, coefs_in, seed);
+  diffusion_check_chain("forward_chain", x_in, coefs_in, seed, false);
   const at::Tensor x = x_in.contiguous(), coefs = coefs_in.contiguous();
   const int64_t T = coefs.size(0), N = x.numel();
   std::vector<int64_t> shape{T};
@@ -522,7 +509,7 @@ std::tuple<at::Tensor, at::Tensor> forward_chain_backward_cpu(const at::Tensor& 
                                                               const at::Tensor& seed,
                                                               const at::Tensor& out_in) {
   const char* op = "forward_chain_backward";
-  check_chain(op, x_in, coefs_in, seed);
+  diffusion_check_chain(op, x_in, coefs_in, seed, false);
   const int64_t T = coefs_in.size(0), N = x_in.numel();
   TORCH_CHECK_VALUE(grad_in.numel() == T * N && out_in.numel() == T * N, op,
                     ": grad and out must have shape (T, *x.shape)");

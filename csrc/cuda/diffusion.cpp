@@ -143,22 +143,9 @@ std::vector<at::Tensor> diffusion_backward_cuda(const at::Tensor& grad_in, const
   return outs;
 }
 
-void check_chain(const char* op, const at::Tensor& x, const at::Tensor& coefs, const at::Tensor& seed) {
-  diffusion_check_float(op, "x", x, true);
-  TORCH_CHECK_VALUE(coefs.dim() == 2 && coefs.size(1) == 2, op,
-                    ": coefs must have shape (T, 2), got ", coefs.sizes());
-  TORCH_CHECK_VALUE(coefs.scalar_type() == diffusion_acc_type(x.scalar_type()), op,
-                    ": coefs must have dtype ", diffusion_acc_type(x.scalar_type()), ", got ",
-                    coefs.scalar_type());
-  TORCH_CHECK_VALUE(coefs.size(0) < (int64_t(1) << 32), op, ": at most 2^32 - 1 steps");
-  TORCH_CHECK(coefs.device() == x.device(), op, ": all tensors must be on one device, got x on ",
-              x.device(), " and coefs on ", coefs.device());
-  diffusion_check_seed(op, seed, x);
-}
-
 at::Tensor forward_chain_cuda(const at::Tensor& x_in, const at::Tensor& coefs_in, const at::Tensor& seed) {
   const char* op = "forward_chain";
-  check_chain(op, x_in, coefs_in, seed);
+  diffusion_check_chain(op, x_in, coefs_in, seed, true);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), coefs = coefs_in.contiguous();
   std::vector<int64_t> shape{coefs.size(0)};
@@ -180,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor> forward_chain_backward_cuda(const at::Tensor&
                                                                const at::Tensor& seed,
                                                                const at::Tensor& out_in) {
   const char* op = "forward_chain_backward";
-  check_chain(op, x_in, coefs_in, seed);
+  diffusion_check_chain(op, x_in, coefs_in, seed, true);
   const int64_t T = coefs_in.size(0), N = x_in.numel();
   TORCH_CHECK_VALUE(grad_in.numel() == T * N && out_in.numel() == T * N, op,
                     ": grad and out must have shape (T, *x.shape)");
