@@ -29,6 +29,18 @@ def devices():
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def assert_close_rel(actual, expected, tol, what):
+    """max |actual - expected| <= tol * (1 + max |expected|), finite, same shape (float64, CPU)."""
+    actual = actual.detach().double().cpu()
+    expected = expected.detach().double().cpu()
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    if expected.numel():
+        assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+        err = (actual - expected).abs().max().item()
+        scale = expected.abs().max().item()
+        assert err <= tol * (1 + scale), f"{what}: max error {err:.3g} vs scale {scale:.3g}"
+
+
 def backend_params(op):
     """(backend, device) pairs that have a kernel here; CUDA ones are marked `cuda`."""
     params = []

@@ -11,7 +11,7 @@ import lvmfast
 from lvmfast import _backend
 from lvmfast import reference as R
 from lvmfast.diffusion import Schedule, forward_chain, p_step, q_posterior, q_sample, sample
-from conftest import backend_params
+from conftest import assert_close_rel, backend_params
 
 BACKENDS = backend_params("q_sample")
 CHAIN_BACKENDS = backend_params("forward_chain")
@@ -40,17 +40,6 @@ def make_t(B, T, device):
     if B >= 3:
         t[0], t[1] = 0, T - 1  # both ends always covered
     return t
-
-
-def assert_close_rel(actual, expected, tol, what):
-    actual = actual.detach().double().cpu()
-    expected = expected.detach().double().cpu()
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    if expected.numel():
-        assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-        err = (actual - expected).abs().max().item()
-        scale = expected.abs().max().item()
-        assert err <= tol * (1 + scale), f"{what}: max error {err:.3g} vs scale {scale:.3g}"
 
 
 # ------------------------------------------------------------------ schedules

@@ -6,7 +6,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import householder_flow as reference_householder
-from conftest import backend_params
+from conftest import assert_close_rel, backend_params
 
 BACKENDS = backend_params("householder_flow")
 SHAPES = [  # (B, T, L, shared v)
@@ -35,17 +35,6 @@ def reference_and_grads(inputs, grad_out):
     out = reference_householder(*xs)
     grads = torch.autograd.grad(out, xs, grad_out.double().cpu(), allow_unused=True)
     return out, [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
-
-
-def assert_close_rel(actual, expected, tol, what):
-    actual = actual.detach().double().cpu()
-    assert actual.shape == expected.shape, what
-    if expected.numel() == 0:
-        return
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = expected.abs().max().item()
-    err = (actual - expected).abs().max().item()
-    assert err <= tol * (1.0 + scale), f"{what}: max error {err:.3g} vs scale {scale:.3g}"
 
 
 def run(backend, *args):

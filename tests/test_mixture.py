@@ -10,7 +10,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import log_mog as reference_log_mog
-from conftest import backend_params
+from conftest import assert_close_rel, backend_params
 
 BACKENDS = backend_params("log_mog")
 # The Triton interpreter is slow: it gets the small shapes only.
@@ -35,15 +35,6 @@ def reference_and_grads(inputs, grad_out):
     out = reference_log_mog(*xs)
     grads = torch.autograd.grad(out, xs, grad_out.double().cpu(), allow_unused=True)
     return out, [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
-
-
-def assert_close_rel(actual, expected, tol, what):
-    actual = actual.detach().double().cpu()
-    scale = expected.abs().max().item() if expected.numel() else 0.0
-    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
-    assert actual.shape == expected.shape, what
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    assert err <= tol * (1.0 + scale), f"{what}: max error {err:.3g} vs scale {scale:.3g}"
 
 
 def run(backend, fn, *args):

@@ -6,7 +6,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import bjorck_orthonormalize as reference_bjorck
-from conftest import backend_params
+from conftest import assert_close_rel, backend_params
 
 BACKENDS = backend_params("bjorck_orthonormalize")
 SHAPES = [(0, 4, 3), (3, 0, 4, 2), (1, 1, 1), (5, 7, 3), (3, 5, 5), (2, 3, 16, 16), (4, 9, 1),
@@ -28,17 +28,6 @@ def reference_and_grad(q, grad_out, max_steps, tol):
     out = reference_bjorck(x, max_steps, tol)
     (g,) = torch.autograd.grad(out, x, grad_out.double().cpu(), allow_unused=True)
     return out, torch.zeros_like(x) if g is None else g
-
-
-def assert_close_rel(actual, expected, tol, what):
-    actual = actual.detach().double().cpu()
-    assert actual.shape == expected.shape, what
-    if expected.numel() == 0:
-        return
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = expected.abs().max().item()
-    err = (actual - expected).abs().max().item()
-    assert err <= tol * (1.0 + scale), f"{what}: max error {err:.3g} vs scale {scale:.3g}"
 
 
 def run(backend, *args):

@@ -5,7 +5,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import sylvester_flow as reference_sylvester
-from conftest import backend_params
+from conftest import assert_close_rel, backend_params
 
 BACKENDS = backend_params("sylvester_flow")
 KINDS = ["triangular", "reverse", "orthogonal", "householder"]
@@ -48,17 +48,6 @@ def reference_and_grads(tensors, q, reverse, grad_out, grad_logdet):
     grads = torch.autograd.grad((out, logdet), wrt, (grad_out.double().cpu(), grad_logdet.double().cpu()),
                                 allow_unused=True)
     return out, logdet, [torch.zeros_like(x) if g is None else g for x, g in zip(wrt, grads)]
-
-
-def assert_close_rel(actual, expected, tol, what):
-    actual = actual.detach().double().cpu()
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
-    if expected.numel() == 0:
-        return
-    scale = expected.abs().max().item()
-    err = (actual - expected).abs().max().item()
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    assert err <= tol * (1.0 + scale), f"{what}: max error {err:.3g} vs scale {scale:.3g}"
 
 
 def run(backend, *args):
