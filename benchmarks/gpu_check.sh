@@ -1,31 +1,67 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (no network): build with CUDA, run the CUDA tests, run the
-# CUDA benchmarks, print a short table last. Outputs go to $OUT (the device tool fetches them).
-#   bash benchmarks/gpu_check.sh            (from the repository root)
+# One call on a lent GPU machine (no network): build with CUDA, measure the card's ceilings, run
+# the CUDA tests, run the CUDA benchmarks family by family (each under its own time limit, so a
+# slow one cannot starve the rest), then print floors and a short table last. Outputs go to $OUT.
+#   bash benchmarks/gpu_check.sh [bench families...]     (from the repository root)
+# Limits in seconds: TEST_LIMIT_S (pytest), BENCH_LIMIT_S (each family), DEADLINE_S (no family
+# starts past it, counted from the script's start).
 set -uo pipefail
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
-export PATH="$PATH:/usr/local/cuda/bin"
+export PATH="$PATH:/usr/local/cuda/bin" PYTHONUNBUFFERED=1
+FAMILIES=("${@:-log_mog householder_flow sylvester_flow bjorck_orthonormalize diffusion}")
+FAMILIES=(${FAMILIES[@]})
+SEED="${LVMFAST_TEST_SEED:-$RANDOM$RANDOM}"
+started=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
-echo "== build"
-if ! MAX_JOBS=16 FORCE_CUDA=1 LVMFAST_REQUIRE_EXTENSION=1 \
+stamp "build"
+if ! MAX_JOBS=16 FORCE_CUDA=1 LVMFAST_REQUIRE_EXTENSION=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
     pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
-python -m lvmfast info | tee "$OUT/info.txt"
+python -m lvmfast info | tee -a "$OUT/gpu.txt"
 
-echo "== CUDA tests"
-python -m pytest -m cuda -x -q -p no:cacheprovider >"$OUT/pytest.txt" 2>&1
+stamp "ceilings"
+python benchmarks/floors.py measure "$OUT/ceilings.json" | tee -a "$OUT/gpu.txt"
+
+stamp "CUDA tests (seed $SEED)"
+parallel=(); python -c "import xdist" 2>/dev/null && parallel=(-n 8)
+timeout=(); python -c "import pytest_timeout" 2>/dev/null && timeout=(--timeout 120)
+LVMFAST_TEST_SEED=$SEED timeout "${TEST_LIMIT_S:-300}" python -m pytest -m cuda -q -p no:cacheprovider --maxfail 25 \
+  "${parallel[@]}" "${timeout[@]}" -rf >"$OUT/pytest.txt" 2>&1
 tests_rc=$?
-tail -25 "$OUT/pytest.txt"
+grep -E "^(FAILED|ERROR)" "$OUT/pytest.txt" | cut -c1-200 | head -25
+tail -3 "$OUT/pytest.txt"
 
-echo "== CUDA benchmarks"
-python -m lvmfast bench --device cuda --json "$OUT/bench.json" >"$OUT/bench.txt" 2>&1
-bench_rc=$?
+stamp "CUDA benchmarks: ${FAMILIES[*]}"
+bench_rc=0
+: >"$OUT/bench.txt"
+for fam in "${FAMILIES[@]}"; do
+  left=$(( ${DEADLINE_S:-100000} - ($(date +%s) - started) - 15 ))
+  limit=$(( left < ${BENCH_LIMIT_S:-150} ? left : ${BENCH_LIMIT_S:-150} ))
+  if (( limit < 20 )); then stamp "  $fam skipped: past the deadline" | tee -a "$OUT/bench.txt"; continue; fi
+  stamp "  $fam (limit $limit s)" | tee -a "$OUT/bench.txt"
+  timeout "$limit" python -m lvmfast bench --device cuda --ops "$fam" --budget 0.3 \
+    --json "/tmp/bench-$fam.json" >>"$OUT/bench.txt" 2>&1 || { bench_rc=$?; echo "  $fam: rc=$bench_rc" | tee -a "$OUT/bench.txt"; }
+done
+python - "$OUT/bench.json" "${FAMILIES[@]}" <<'EOF'
+import json, os, sys
+merged = None
+for fam in sys.argv[2:]:
+    path = f"/tmp/bench-{fam}.json"
+    if os.path.exists(path):
+        part = json.load(open(path))
+        merged = merged or {"environment": part["environment"], "results": []}
+        merged["results"] += part["results"]
+if merged:
+    json.dump(merged, open(sys.argv[1], "w"), indent=1)
+EOF
+[ -f "$OUT/bench.json" ] && python benchmarks/floors.py table "$OUT/bench.json" "$OUT/ceilings.json" >"$OUT/floors.md"
 
-echo "== summary (pytest rc=$tests_rc, bench rc=$bench_rc)"
-# the short table: fwd+bwd rows with their same-run speed-ups
-grep -E "^(op |[a-z_]+ +[a-z]+ +fwd\+bwd)" "$OUT/bench.txt" | cut -c1-120 || tail -30 "$OUT/bench.txt"
+stamp "summary (pytest rc=$tests_rc, bench rc=$bench_rc)"
+grep -E "failed|rc=" "$OUT/bench.txt" | cut -c1-160 | head -20
+[ -f "$OUT/floors.md" ] && cut -c1-160 "$OUT/floors.md"

@@ -1,0 +1,143 @@
+"""GPU floors for `lvmfast bench` rows: the fewest bytes each op must move and the arithmetic it
+must do, over ceilings measured on the same card (METHOD.md: a large device-to-device copy, and a
+large float32 matrix product with TF32 off, since our kernels use plain FMA units).
+
+  python benchmarks/floors.py measure ceilings.json          (on the GPU, before the bench)
+  python benchmarks/floors.py table bench.json ceilings.json  (anywhere: markdown table)
+
+Bytes count each input read once and each output written once per call (float32); fwd+bwd is a
+forward call plus a backward call that reads the inputs again, reads the output gradient and
+writes every input gradient. Flop counts are per element of the work, stated below per op.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+F32 = 4
+
+
+def measure(path: str) -> None:
+    import torch
+
+    dev = torch.device("cuda")
+
+    def median_ms(fn, reps=20):
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        return sorted(times)[len(times) // 2]
+
+    src = torch.randn(2**28, device=dev)  # 1 GiB, far beyond L2
+    dst = torch.empty_like(src)
+    copy_ms = median_ms(lambda: dst.copy_(src))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    n = 8192
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    mm_ms = median_ms(lambda: a @ b, reps=10)
+    out = {"gpu": torch.cuda.get_device_name(), "copy_bytes_per_s": 2 * src.numel() * F32 / (copy_ms / 1e3),
+           "fp32_flops_per_s": 2 * n**3 / (mm_ms / 1e3)}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"ceilings on {out['gpu']}: copy {out['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write), "
+          f"float32 matmul without TF32 {out['fp32_flops_per_s'] / 1e12:.1f} TFLOP/s")
+
+
+def _bjorck_steps(N, D, M, max_steps=30, tol=1e-6):
+    """Steps the float32 iteration takes on the bench's inputs (the slowest matrix's count)."""
+    import torch
+
+    q = torch.randn(N, D, M, generator=torch.Generator().manual_seed(0))
+    q = q / torch.linalg.matrix_norm(q, keepdim=True)
+    eye = torch.eye(M)
+    for step in range(max_steps):
+        gram = q.mT @ q
+        if bool((torch.linalg.matrix_norm(gram - eye) <= tol).all()):
+            return step
+        q = 1.5 * q - 0.5 * (q @ gram)
+    return max_steps
+
+
+def work(row: dict) -> tuple[float, float] | None:
+    """(bytes, flops) of one call for a bench row, or None where no floor applies."""
+    op, fb = row["op"], row["mode"] == "fwd+bwd"
+    if op == "log_mog":
+        B, K, L = row["B"], row["K"], row["L"]
+        inputs = B * L + 2 * K * L + K
+        nbytes = F32 * (inputs + B) + (F32 * (2 * inputs + 2 * B) if fb else 0)
+        # direct form: (z-m), *inv_var, fma = 4 flops per (b,k,l); backward adds 11 (earlier count)
+        return nbytes, (15 if fb else 4) * B * K * L
+    if op == "householder_flow":
+        B, T, L = row["B"], row["T"], row["L"]
+        inputs = B * L + B * T * L
+        nbytes = F32 * (inputs + B * L) + (F32 * (2 * inputs + 2 * B * L) if fb else 0)
+        return nbytes, (20 if fb else 6) * B * T * L   # dot, norm, update: 2L each per reflection
+    if op == "sylvester_flow":
+        B, D, M, n = row["B"], row["D"], row["M"], row["flows"]
+        tri = M * (M + 1) // 2
+        q = 0 if row["shape"] == "triangular" else D * M
+        reads = B * (2 * tri + M + q + D)            # upper triangles of r1, r2; b; q; z
+        grads = B * (2 * M * M + M + q + D)           # dense gradients
+        nbytes = F32 * n * (reads + B * (D + 1) + ((reads + B * (D + 1) + grads) if fb else 0))
+        flops = n * B * (2 * M * M + 4 * D * M * (q > 0)) * (3 if fb else 1)
+        return nbytes, flops
+    if op == "bjorck_orthonormalize":
+        N, D, M = row["N"], row["D"], row["M"]
+        steps = _bjorck_steps(N, D, M)
+        nbytes = F32 * N * D * M * (4 if fb else 2)
+        # per step: Q^T Q and Q @ gram, 2*D*M^2 each; backward recomputes and runs two per product
+        return nbytes, N * steps * 4 * D * M * M * (4 if fb else 1)
+    if op in ("q_sample", "p_step"):
+        B, D = row["B"], row["D"]
+        given = row["shape"] == "given"
+        if op == "q_sample":   # read x0 (+ noise), write xt (and the drawn noise, returned)
+            fwd = 3 * B * D
+            bwd = 2 * B * D
+        else:                  # read xt, eps (+ noise), write x_{t-1}
+            fwd = (4 if given else 3) * B * D
+            bwd = 3 * B * D
+        return F32 * (fwd + (bwd if fb else 0)) + 8 * B, 0
+    if op == "forward_chain":
+        B, D, T = row["B"], row["D"], row["T"]
+        return F32 * B * D * ((T + 1) + ((T + 1) if fb else 0)), 0
+    return None
+
+
+def table(bench_path: str, ceil_path: str) -> str:
+    with open(bench_path) as f:
+        rows = json.load(f)["results"]
+    with open(ceil_path) as f:
+        ceil = json.load(f)
+    bw, rate = ceil["copy_bytes_per_s"], ceil["fp32_flops_per_s"]
+    lines = [f"Floors on {ceil['gpu']}: copy {bw / 1e12:.2f} TB/s, float32 (no TF32) {rate / 1e12:.1f} TFLOP/s, "
+             "both measured in the same call.", "",
+             "| op | shape | mode | candidate | median ms | floor ms | bound | time / floor | speed-up vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "median_s" not in r or not r["candidate"].startswith("lvmfast[") or "reference" in r["candidate"]:
+            continue
+        w = work(r)
+        if w is None:
+            continue
+        t_mem, t_flop = w[0] / bw, w[1] / rate
+        floor = max(t_mem, t_flop)
+        lines.append(f"| {r['op']} | {r['shape']} | {r['mode']} | {r['candidate']} | {r['median_s'] * 1e3:.4f} | "
+                     f"{floor * 1e3:.4f} | {'memory' if t_mem >= t_flop else 'arithmetic'} | "
+                     f"{r['median_s'] / floor:.2f} | {r.get('speedup_vs_baseline', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "measure":
+        measure(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "table":
+        print(table(sys.argv[2], sys.argv[3]))
+    else:
+        sys.exit(__doc__)
