@@ -27,6 +27,9 @@ def extension_and_cmdclass():
         import torch
         from torch.utils import cpp_extension
     except ImportError:
+        if _flag("LVMFAST_REQUIRE_EXTENSION"):
+            raise RuntimeError("LVMFAST_REQUIRE_EXTENSION=1 but torch is not importable by the "
+                               f"Python running this build ({sys.executable})")
         warnings.warn("lvmfast: torch is not importable at build time; installing the pure-torch "
                       "reference only (install torch first and use --no-build-isolation)")
         return [], {}

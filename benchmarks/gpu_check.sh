@@ -20,9 +20,11 @@ python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch
 
 stamp "build"
 if ! MAX_JOBS=16 FORCE_CUDA=1 LVMFAST_REQUIRE_EXTENSION=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
-    pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+    python -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
+# `python -m pip`: a bare `pip` there may belong to a Python without torch (it built nothing)
+python -c "import torch, lvmfast._C; assert torch._C._dispatch_has_kernel_for_dispatch_key('lvmfast::log_mog', 'CUDA')" || { echo "NO CUDA KERNELS"; exit 1; }
 python -m lvmfast info | tee -a "$OUT/gpu.txt"
 
 stamp "ceilings"

@@ -392,14 +392,16 @@ def test_cuda_matches_cpu_without_host_sync():
     kappa = torch.tensor([1e-4, 0.3, 5.0, 80.0, 3e3, 1e5], dtype=torch.float64)
     cpu = VonMisesFisher(loc, kappa, validate_args=False)
     x = cpu.sample((3,))
-    gpu = VonMisesFisher(loc.cuda(), kappa.cuda(), validate_args=False)
+    # host-to-device copies synchronize by themselves: make every CUDA input first
+    x_gpu, kappa_gpu = x.cuda(), kappa.cuda()
+    gpu = VonMisesFisher(loc.cuda(), kappa_gpu, validate_args=False)
+    uniform = HypersphericalUniform(m, device="cuda", dtype=torch.float64)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        lp, ent = gpu.log_prob(x.cuda()), gpu.entropy()
-        kl = torch.distributions.kl_divergence(gpu, HypersphericalUniform(m, device="cuda",
-                                                                           dtype=torch.float64))
-        lb = log_bessel_iv(7.0, kappa.cuda())
+        lp, ent = gpu.log_prob(x_gpu), gpu.entropy()
+        kl = torch.distributions.kl_divergence(gpu, uniform)
+        lb = log_bessel_iv(7.0, kappa_gpu)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.testing.assert_close(lp.cpu(), cpu.log_prob(x))

@@ -44,9 +44,12 @@ _QUAD_NODES, _QUAD_WEIGHTS = np.polynomial.legendre.leggauss(64)
 @functools.lru_cache(maxsize=16)
 def _quadrature_rule(device: torch.device, dtype: torch.dtype):
     """Gauss-Legendre nodes mapped to (0, 1) and their weights, cached per device (one upload)."""
-    y = torch.as_tensor(0.5 * (_QUAD_NODES + 1.0), dtype=dtype, device=device)
-    wt = torch.as_tensor(0.5 * _QUAD_WEIGHTS, dtype=dtype, device=device)
-    return y, wt
+    rule = torch.as_tensor(np.stack([0.5 * (_QUAD_NODES + 1.0), 0.5 * _QUAD_WEIGHTS]), dtype=dtype)
+    if device.type == "cuda":  # a copy from pageable memory would synchronize with the host
+        rule = rule.pin_memory().to(device, non_blocking=True)
+    else:
+        rule = rule.to(device)
+    return rule[0], rule[1]
 
 
 def _log_sphere_area(m: int) -> float:
@@ -153,7 +156,7 @@ class VonMisesFisher(Distribution):
         if m < 2:
             raise ValueError(f"loc must have shape (..., m) with m >= 2, got {tuple(loc.shape)}")
         if isinstance(concentration, Number):
-            concentration = torch.tensor(float(concentration), dtype=loc.dtype, device=loc.device)
+            concentration = torch.full((), float(concentration), dtype=loc.dtype, device=loc.device)
         if not torch.is_tensor(concentration) or not concentration.is_floating_point():
             raise ValueError("concentration must be a floating-point tensor of shape (...) or (..., 1)")
         if concentration.device != loc.device:
@@ -268,7 +271,7 @@ def _wood_rejection(kappa: torch.Tensor, m: int) -> torch.Tensor:
     b = d1 / (2.0 * kappa + root)  # = (-2 kappa + root) / (m - 1), without cancellation
     a = 0.25 * (d1 + 2.0 * kappa + root)
     d = 4.0 * a * b / (1.0 + b) - d1 * math.log(d1)
-    half = torch.tensor(0.5 * d1, dtype=kappa.dtype, device=kappa.device)
+    half = torch.full((), 0.5 * d1, dtype=kappa.dtype, device=kappa.device)  # no host copy
 
     def propose(a, b, d):
         conc = half.expand(a.shape)
