@@ -15,6 +15,7 @@
 #endif
 #include <cassert>
 
+#include "convert.cuh"
 #include "diffusion.cuh"
 
 namespace lvmfast {
@@ -81,12 +82,12 @@ __global__ void rows_kernel(const scalar_t* __restrict__ x, const scalar_t* __re
       if (e >= N) continue;
       const int64_t tb = checked_step(t, e / D, T);
       const acc_t* cf = coefs + tb * ncols;
-      acc_t v = cf[0] * static_cast<acc_t>(x[e]);
-      if (y != nullptr) v += cf[1] * static_cast<acc_t>(y[e]);
+      acc_t v = cf[0] * to_acc<acc_t>(x[e]);
+      if (y != nullptr) v += cf[1] * to_acc<acc_t>(y[e]);
       if (has_noise && (!noise_only_t_positive || tb > 0))
-        v += cf[noise_col] * (generate ? n[k] : static_cast<acc_t>(noise[e]));
-      out[e] = static_cast<scalar_t>(v);
-      if (noise_out != nullptr) noise_out[e] = static_cast<scalar_t>(n[k]);
+        v += cf[noise_col] * (generate ? n[k] : to_acc<acc_t>(noise[e]));
+      out[e] = from_acc<scalar_t>(v);
+      if (noise_out != nullptr) noise_out[e] = from_acc<scalar_t>(n[k]);
     }
   }
 }
@@ -96,7 +97,7 @@ __global__ void column_kernel(const int64_t* __restrict__ t, const acc_t* __rest
                               int64_t T, int ncols, int col, scalar_t* __restrict__ out, int64_t B) {
   for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < B;
        b += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[b] = static_cast<scalar_t>(coefs[checked_step(t, b, T) * ncols + col]);
+    out[b] = from_acc<scalar_t>(coefs[checked_step(t, b, T) * ncols + col]);
 }
 
 template <typename scalar_t>
@@ -113,8 +114,8 @@ __global__ void scale_kernel(const scalar_t* __restrict__ grad, const int64_t* _
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < N;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const acc_t* cf = coefs + checked_step(t, e / D, T) * ncols;
-    const acc_t g = static_cast<acc_t>(grad[e]);
-    for (int k = 0; k < outs.n; ++k) outs.ptr[k][e] = static_cast<scalar_t>(cf[outs.col[k]] * g);
+    const acc_t g = to_acc<acc_t>(grad[e]);
+    for (int k = 0; k < outs.n; ++k) outs.ptr[k][e] = from_acc<scalar_t>(cf[outs.col[k]] * g);
   }
 }
 
@@ -131,7 +132,7 @@ __global__ void chain_forward_kernel(const scalar_t* __restrict__ x, const acc_t
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       e[k] = rng::group_element(g, k);
-      z[k] = e[k] < N ? static_cast<acc_t>(x[e[k]]) : acc_t(0);
+      z[k] = e[k] < N ? to_acc<acc_t>(x[e[k]]) : acc_t(0);
     }
     for (int64_t i = 0; i < T; ++i) {
       acc_t n[4];
@@ -140,7 +141,7 @@ __global__ void chain_forward_kernel(const scalar_t* __restrict__ x, const acc_t
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         z[k] = a * z[k] + s * n[k];
-        if (e[k] < N) out[i * N + e[k]] = static_cast<scalar_t>(z[k]);
+        if (e[k] < N) out[i * N + e[k]] = from_acc<scalar_t>(z[k]);
       }
     }
   }
@@ -176,8 +177,8 @@ __global__ void chain_backward_kernel(const scalar_t* __restrict__ grad, const s
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         if (e[k] < N) {
-          adj[k] += static_cast<acc_t>(grad[i * N + e[k]]);
-          const acc_t prev = static_cast<acc_t>(i > 0 ? out[(i - 1) * N + e[k]] : x[e[k]]);
+          adj[k] += to_acc<acc_t>(grad[i * N + e[k]]);
+          const acc_t prev = to_acc<acc_t>(i > 0 ? out[(i - 1) * N + e[k]] : x[e[k]]);
           s0 += adj[k] * prev;
           s1 += adj[k] * n[k];
         }
@@ -195,7 +196,7 @@ __global__ void chain_backward_kernel(const scalar_t* __restrict__ grad, const s
   }
 #pragma unroll
   for (int k = 0; k < 4; ++k)
-    if (e[k] < N) grad_x[e[k]] = static_cast<scalar_t>(adj[k]);
+    if (e[k] < N) grad_x[e[k]] = from_acc<scalar_t>(adj[k]);
 }
 
 }  // namespace

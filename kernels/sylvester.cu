@@ -28,6 +28,7 @@
 // L2); nothing but the inputs is saved. A shared parameter's gradient is accumulated into the
 // block's own workspace slice (no atomics: each element is owned by one thread of one block),
 // and the host sums the slices.
+#include "convert.cuh"
 #include "sylvester.cuh"
 
 #include <cmath>
@@ -42,7 +43,7 @@ constexpr int kWarps = kThreads / 32;
 
 template <typename acc_t, typename scalar_t>
 __device__ __forceinline__ acc_t load(const scalar_t* p, int64_t i) {
-  return static_cast<acc_t>(p[i]);
+  return to_acc<acc_t>(p[i]);
 }
 
 __device__ __forceinline__ float tanh_acc(float x) { return tanhf(x); }
@@ -81,7 +82,7 @@ __device__ __forceinline__ void put(scalar_t* own, acc_t* shared, int64_t i, acc
   if (shared != nullptr)
     shared[i] += v;
   else
-    own[i] = static_cast<scalar_t>(v);
+    own[i] = from_acc<scalar_t>(v);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -134,11 +135,11 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (p.qkind != 2) {
       for (int64_t d = tid; d < D; d += kThreads)
-        out[n * D + d] = static_cast<scalar_t>(zs[d] + c[p.qkind == 0 ? d : D - 1 - d]);
+        out[n * D + d] = from_acc<scalar_t>(zs[d] + c[p.qkind == 0 ? d : D - 1 - d]);
     } else {
       for (int64_t d = warp; d < D; d += kWarps) {
         const acc_t s = warp_row_dot(Q + d * M, c, 0, M, lane);
-        if (lane == 0) out[n * D + d] = static_cast<scalar_t>(zs[d] + s);
+        if (lane == 0) out[n * D + d] = from_acc<scalar_t>(zs[d] + s);
       }
     }
     if (lane == 0) warp_logdet[warp] = my_logdet;
@@ -146,7 +147,7 @@ __global__ void __launch_bounds__(kThreads)
     if (tid == 0) {
       acc_t total = 0;
       for (int w = 0; w < kWarps; ++w) total += warp_logdet[w];
-      logdet[n] = static_cast<scalar_t>(total);
+      logdet[n] = from_acc<scalar_t>(total);
     }
   }
 }
@@ -259,11 +260,11 @@ __global__ void __launch_bounds__(kThreads)
     // grad_z = g + Q gy; grad_q = z gy^T + g c^T.
     if (!dense) {
       for (int64_t d = tid; d < D; d += kThreads)
-        grad_z[n * D + d] = static_cast<scalar_t>(gs[d] + gy[p.qkind == 0 ? d : D - 1 - d]);
+        grad_z[n * D + d] = from_acc<scalar_t>(gs[d] + gy[p.qkind == 0 ? d : D - 1 - d]);
     } else {
       for (int64_t d = warp; d < D; d += kWarps) {
         const acc_t s = warp_row_dot(Q + d * M, gy, 0, M, lane);
-        if (lane == 0) grad_z[n * D + d] = static_cast<scalar_t>(gs[d] + s);
+        if (lane == 0) grad_z[n * D + d] = from_acc<scalar_t>(gs[d] + s);
       }
       for (int64_t i = tid; i < D * M; i += kThreads) {
         const int64_t d = i / M, m = i - d * M;
