@@ -18,6 +18,11 @@ stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
+# Optional wheels carried in .whl/ (the device has no network), e.g. diffusers for the peer rows
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+
 stamp "build"
 if ! MAX_JOBS=16 FORCE_CUDA=1 LVMFAST_REQUIRE_EXTENSION=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
     python -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
@@ -33,11 +38,13 @@ python benchmarks/floors.py measure "$OUT/ceilings.json" | tee -a "$OUT/gpu.txt"
 stamp "CUDA tests (seed $SEED)"
 parallel=(); python -c "import xdist" 2>/dev/null && parallel=(-n 8)
 timeout=(); python -c "import pytest_timeout" 2>/dev/null && timeout=(--timeout 120)
-LVMFAST_TEST_SEED=$SEED timeout "${TEST_LIMIT_S:-300}" python -m pytest -m cuda -q -p no:cacheprovider --maxfail 25 \
+# -v: one line per finished test, so a run cut by the time limit still names its failures
+LVMFAST_TEST_SEED=$SEED timeout "${TEST_LIMIT_S:-300}" python -m pytest -m cuda -v -p no:cacheprovider --maxfail 25 \
   "${parallel[@]}" "${timeout[@]}" -rf >"$OUT/pytest.txt" 2>&1
 tests_rc=$?
-grep -E "^(FAILED|ERROR)" "$OUT/pytest.txt" | cut -c1-200 | head -25
-tail -3 "$OUT/pytest.txt"
+grep -E "(FAILED|ERROR) " "$OUT/pytest.txt" | cut -c1-200 | sort -u | head -25
+echo "passed $(grep -c ' PASSED ' "$OUT/pytest.txt"), skipped $(grep -c ' SKIPPED ' "$OUT/pytest.txt")"
+tail -1 "$OUT/pytest.txt"
 
 stamp "CUDA benchmarks: ${FAMILIES[*]}"
 bench_rc=0
