@@ -18,29 +18,49 @@ import torch
 
 from lvmfast.data import Splits, load_digits, load_npz
 
-NOT_YET = ("two-level", "top-down", "ddgm", "ddpm")
+MODELS = ("vae", "two-level", "top-down", "ddgm", "ddpm")
+DIFFUSION_MODELS = ("ddgm", "ddpm")
+# Per-model training defaults where they differ from the VAE's (None on the command line = these).
+TRAINING_DEFAULTS = {
+    "vae": {"epochs": 1000, "lr": 1e-3, "patience": 20, "optimizer": "adamax"},
+    "two-level": {"epochs": 1000, "lr": 1e-3, "patience": 20, "optimizer": "adamax"},
+    "top-down": {"epochs": 1000, "lr": 1e-3, "patience": 20, "optimizer": "adamax"},
+    "ddgm": {"epochs": 1000, "lr": 1e-3, "patience": 20, "optimizer": "adamax"},
+    "ddpm": {"epochs": 1000, "lr": 1e-3, "patience": 20, "optimizer": "adam"},
+}
+
+
+def resolved_settings(args) -> dict:
+    """epochs, lr, patience, optimizer and KL warm-up: the command line's, else the model's defaults."""
+    out = dict(TRAINING_DEFAULTS[args.model])
+    for key in ("epochs", "lr", "patience"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    out["warmup"] = args.warmup if args.warmup is not None else (100 if args.posterior == "vmf" else 0)
+    return out
 
 
 def add_arguments(p) -> None:
     from lvmfast.nn.posteriors import POSTERIORS
     from lvmfast.nn.priors import PRIORS
 
-    p.add_argument("--model", required=True, help="vae (two-level, top-down, ddgm, ddpm: not implemented yet)")
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--prior", default="standard", choices=PRIORS)
     p.add_argument("--posterior", default="gaussian", choices=tuple(POSTERIORS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=1000, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner; default per model)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--data", help=".npz with integer image arrays train, val, test and a scalar levels")
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adamax learning rate")
+    p.add_argument("--lr", type=float, help="learning rate (default per model: 1e-3)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--patience", type=int, default=20, help="epochs without a better validation ELBO")
+    p.add_argument("--patience", type=int, help="epochs without a better validation ELBO (default per model)")
     p.add_argument("--warmup", type=int, default=None,
                    help="KL warm-up epochs, beta rising linearly 0 -> 1 (0: off; default 100 for the vMF "
                         "posterior, which otherwise collapses on the digits, else 0)")
+    p.add_argument("--steps", type=int, help="diffusion steps T for ddgm and ddpm (default per model)")
     p.add_argument("--components", type=int, help="mixture components / pseudo-inputs (prior default)")
     p.add_argument("--iwae-samples", type=int, default=1000)
     p.add_argument("--backend", help="lvmfast backend for the fused ops (default: auto)")
@@ -50,6 +70,18 @@ def add_arguments(p) -> None:
 
 
 def build_model(args, data: Splits):
+    if args.model in ("two-level", "top-down"):
+        from lvmfast.models import TopDownVAE, TwoLevelVAE
+
+        cls = TwoLevelVAE if args.model == "two-level" else TopDownVAE
+        return cls(data_dim=data.dim, levels=data.levels, hidden=args.hidden,
+                   latent_dims=(args.latent_dim, args.latent_dim))
+    if args.model in DIFFUSION_MODELS:
+        from lvmfast.models import DDGM, DDPM
+
+        cls = DDGM if args.model == "ddgm" else DDPM
+        kwargs = {} if args.steps is None else {"steps": args.steps}
+        return cls(data_dim=data.dim, levels=data.levels, hidden=args.hidden, **kwargs)
     from lvmfast.models import VAE
 
     prior_kwargs = {}
@@ -68,15 +100,27 @@ def _batches(x, batch_size, generator):
 
 
 def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20, warmup=0,
-        device="cpu", seed=0, progress=True, val_samples=5):
-    """Adamax on the negative ELBO with early stopping on the validation negative ELBO; returns
-    (history, best_epoch) and leaves the best weights in `model`."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adamax(model.parameters(), lr=lr)
+        device="cpu", seed=0, progress=True, val_samples=5, optimizer="adamax", rank=0, world=1):
+    """Adamax (or Adam) on the negative ELBO with early stopping on the validation negative ELBO;
+    returns (history, best_epoch) and leaves the best weights in `model`.
+
+    With world > 1 (under torchrun, the process group already initialized) the model is wrapped
+    in DistributedDataParallel and every batch of `batch_size` is split across the processes, so
+    the gradient step is the single-process one; losses are summed across processes, so every
+    process takes the same early-stopping decision.
+    """
+    gen = torch.Generator().manual_seed(seed)  # the same batch order in every process
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.Adamax)(model.parameters(), lr=lr)
     train, val = data.train.to(device), data.val.to(device)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, find_unused_parameters=True)
+        val = val.tensor_split(world)[rank]
     best, best_state, best_epoch, history = math.inf, None, 0, []
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=epochs, desc="train", unit="epoch", dynamic_ncols=True, file=sys.stderr)
@@ -85,7 +129,10 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
         model.train()
         t0, total = time.perf_counter(), 0.0
         for xb in _batches(train, batch_size, gen):
-            loss = model(xb, beta=beta)
+            if xb.shape[0] < world:  # a shard would be empty: every process skips it alike
+                continue
+            xb = xb.tensor_split(world)[rank]
+            loss = net(xb, beta=beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -93,7 +140,9 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
         seconds = time.perf_counter() - t0
         model.eval()
         with torch.no_grad():
-            val_loss = -model.elbo(val, num_samples=val_samples).mean().item()
+            val_total = -model.elbo(val, num_samples=val_samples).sum().item()
+        total, val_total = _sum_across(world, device, total, val_total)
+        val_loss = val_total / data.val.shape[0]
         history.append({"epoch": epoch, "train_neg_elbo": total / train.shape[0], "val_neg_elbo": val_loss,
                         "beta": beta, "seconds": seconds})
         if not math.isfinite(val_loss):
@@ -110,6 +159,26 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
         bar.close()
     model.load_state_dict(best_state)
     return history, best_epoch
+
+
+def _sum_across(world, device, *values):
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _parameters_agree(model, world, device) -> bool:
+    """Whether every process ends with the same weights (DDP keeps them in step)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in model.parameters()]).to(device)
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 def pictures(model, data: Splits, samples: np.ndarray, history, out: str, device="cpu") -> list[str]:
@@ -150,7 +219,13 @@ def pictures(model, data: Splits, samples: np.ndarray, history, out: str, device
     plt.close(fig)
     written.append("val_curve.png")
 
-    if model.latent_dim == 2:
+    if getattr(model, "betas", None) is not None:  # the forward diffusion (the book's Fig. 4.24c)
+        from lvmfast.models.diffusion import forward_diffusion_picture
+
+        forward_diffusion_picture(data.test[:6].to(device), model.betas, os.path.join(out, "forward_diffusion.png"),
+                                  image_shape=shape)
+        written.append("forward_diffusion.png")
+    if getattr(model, "latent_dim", None) == 2 and hasattr(model, "prior"):
         z = model.encode(data.test.to(device)).cpu().numpy()
         lim = max(3.0, float(np.abs(z).max()) * 1.1)
         g = torch.linspace(-lim, lim, 200, device=device)
@@ -190,12 +265,27 @@ def command_line(args) -> str:
     return " ".join(parts)
 
 
+def _init_distributed(device):
+    """(rank, world, device) under torchrun (WORLD_SIZE > 1): gloo on the CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
 def run(args) -> int:
-    if args.model in NOT_YET:
-        print(f"lvmfast train: model {args.model!r} is not implemented yet (available: vae)", file=sys.stderr)
+    if args.model not in MODELS:
+        print(f"lvmfast train: unknown model {args.model!r}; expected one of {', '.join(MODELS)}",
+              file=sys.stderr)
         return 2
-    if args.model != "vae":
-        print(f"lvmfast train: unknown model {args.model!r}; expected vae", file=sys.stderr)
+    if args.model != "vae" and (args.prior != "standard" or args.posterior != "gaussian"):
+        print("lvmfast train: --prior and --posterior apply to --model vae only", file=sys.stderr)
         return 2
     import lvmfast
     from lvmfast.estimators import importance_sampling
@@ -207,33 +297,63 @@ def run(args) -> int:
         print("lvmfast train: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     data = load_npz(args.data) if args.data else load_digits()
-    warmup = args.warmup if args.warmup is not None else (100 if args.posterior == "vmf" else 0)
+    settings = resolved_settings(args)
+    rank, world, device = _init_distributed(device)
     os.makedirs(args.out, exist_ok=True)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial weights in every process
     backend = args.backend or lvmfast.current_backend()
     with lvmfast.use_backend(backend):
         model = build_model(args, data).to(device)
+        if world > 1:
+            torch.manual_seed(args.seed + 7919 * rank)  # different noise per process
         t0 = time.perf_counter()
-        history, best_epoch = fit(model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                  patience=args.patience, warmup=warmup, device=device, seed=args.seed,
-                                  progress=not args.no_progress)
+        history, best_epoch = fit(model, data, epochs=settings["epochs"], lr=settings["lr"],
+                                  batch_size=args.batch_size, patience=settings["patience"],
+                                  warmup=settings["warmup"], device=device, seed=args.seed,
+                                  progress=not args.no_progress, optimizer=settings["optimizer"],
+                                  rank=rank, world=world)
         train_seconds = time.perf_counter() - t0
+        in_step = True
+        if world > 1:
+            import torch.distributed as dist
+
+            in_step = _parameters_agree(model, world, device)
+            dist.destroy_process_group()
+            if rank != 0:
+                return 0
         t0 = time.perf_counter()
         torch.manual_seed(args.seed + 1)
-        nll, neg_elbo = importance_sampling(model, data.test.to(device), args.iwae_samples)
+        test = data.test.to(device)
+        model.eval()
+        extra = {}
+        if args.model in DIFFUSION_MODELS:  # the ELBO-based bound stands for the NLL
+            with torch.no_grad():
+                neg_elbo = -model.elbo(test)
+            nll = neg_elbo
+            extra["test_nll_is"] = "negative ELBO (diffusion model)"
+        else:
+            nll, neg_elbo = importance_sampling(model, test, args.iwae_samples)
+        if hasattr(model, "kl_per_layer"):
+            with torch.no_grad():
+                extra["test_kl_per_layer"] = {k: v.mean().item() for k, v in model.kl_per_layer(test).items()}
         eval_seconds = time.perf_counter() - t0
         gen = torch.Generator(device=device).manual_seed(args.seed)
-        model.eval()
         samples = model.sample(max(1000, 64), generator=gen).cpu().numpy().astype(np.int64)
+        if not args.data:  # Fréchet distance in a digit classifier's feature space
+            from lvmfast.metrics import digits_fd
+
+            extra["frechet"] = digits_fd(samples)
     np.save(os.path.join(args.out, "samples.npy"), samples)
     torch.save({"state_dict": model.state_dict(), "config": vars(args)}, os.path.join(args.out, "model.pt"))
     metrics = {
         "model": args.model, "prior": args.prior, "posterior": args.posterior, "seed": args.seed,
-        "latent_dim": args.latent_dim, "kl_warmup_epochs": warmup, "test_nll_iwae": nll.mean().item(), "iwae_samples": args.iwae_samples,
-        "test_neg_elbo": neg_elbo.mean().item(), "epochs": len(history), "best_epoch": best_epoch,
+        "latent_dim": args.latent_dim, **settings, "kl_warmup_epochs": settings["warmup"],
+        "test_nll_iwae": nll.mean().item(), "iwae_samples": args.iwae_samples,
+        "test_neg_elbo": neg_elbo.mean().item(), **extra, "epochs": len(history), "best_epoch": best_epoch,
         "best_val_neg_elbo": min(h["val_neg_elbo"] for h in history),
         "train_seconds": train_seconds, "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history),
         "eval_seconds": eval_seconds, "device": str(device), "backend": backend,
+        "world_size": world, "parameters_in_step": in_step,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "lvmfast": lvmfast.__version__,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "command": command_line(args),
@@ -243,7 +363,11 @@ def run(args) -> int:
         metrics["pictures"] = pictures(model, data, samples, history, args.out, device)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    print(f"test IWAE NLL (S={args.iwae_samples}) {metrics['test_nll_iwae']:.2f} nats, test -ELBO "
-          f"{metrics['test_neg_elbo']:.2f}, {len(history)} epochs (best {best_epoch}), "
-          f"{train_seconds:.1f} s training; wrote {args.out}")
+    fd = f", Fréchet distance {extra['frechet']['ratio']:.2f}x real" if "frechet" in extra else ""
+    print(f"test {'IWAE NLL (S=' + str(args.iwae_samples) + ')' if args.model not in DIFFUSION_MODELS else 'NLL bound'} "
+          f"{metrics['test_nll_iwae']:.2f} nats, test -ELBO {metrics['test_neg_elbo']:.2f}{fd}, "
+          f"{len(history)} epochs (best {best_epoch}), {train_seconds:.1f} s training; wrote {args.out}")
+    if not in_step:
+        print("lvmfast train: the processes ended with different weights", file=sys.stderr)
+        return 1
     return 0
