@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -23,17 +24,11 @@
 
 #include "../../kernels/diffusion.cuh"
 #include "../diffusion.h"
+#include "simd.h"
 
 namespace lvmfast {
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LVMFAST_DIFFUSION_MULTIVERSION \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LVMFAST_DIFFUSION_MULTIVERSION
-#endif
-#define LVMFAST_DIFFUSION_INLINE inline __attribute__((always_inline))
 
 constexpr int kChunk = 64;            // elements per generator call
 constexpr int kGroups = kChunk / 4;   // Philox groups per chunk (one 16-lane vector)
@@ -44,7 +39,7 @@ typedef float VF __attribute__((vector_size(64)));
 typedef uint64_t VU64 __attribute__((vector_size(128)));
 
 template <typename To, typename From>
-LVMFAST_DIFFUSION_INLINE To bitcast(const From& v) {
+LVMFAST_INLINE To bitcast(const From& v) {
   static_assert(sizeof(To) == sizeof(From), "bitcast sizes");
   To r;
   std::memcpy(&r, &v, sizeof(To));
@@ -53,7 +48,7 @@ LVMFAST_DIFFUSION_INLINE To bitcast(const From& v) {
 
 // log(u) for u in [2^-32, 1]: u = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m) by a degree-9
 // minimax polynomial in m - 1 (the classic single-precision scheme), ~1 ulp.
-LVMFAST_DIFFUSION_INLINE VF vlog(VF u) {
+LVMFAST_INLINE VF vlog(VF u) {
   const VI bits = bitcast<VI>(u);
   VI e = ((bits >> 23) & 0xff) - 127;
   VF m = bitcast<VF>((bits & 0x7fffff) | 0x3f800000);  // [1, 2)
@@ -78,7 +73,7 @@ LVMFAST_DIFFUSION_INLINE VF vlog(VF u) {
 
 // sin and cos of 2 pi u for u in [0, 1): quadrant q = round(4u), r = 2 pi (u - q/4) in
 // [-pi/4, pi/4], minimax polynomials there, then the quadrant's swap and signs.
-LVMFAST_DIFFUSION_INLINE void vsincos_turn(VF u, VF* s_out, VF* c_out) {
+LVMFAST_INLINE void vsincos_turn(VF u, VF* s_out, VF* c_out) {
   const VI q = __builtin_convertvector(u * 4.0f + 0.5f, VI);  // u >= 0: truncation is floor
   const VF r = (u - __builtin_convertvector(q, VF) * 0.25f) * 6.28318530717958648f;
   const VF r2 = r * r;
@@ -102,7 +97,7 @@ LVMFAST_DIFFUSION_INLINE void vsincos_turn(VF u, VF* s_out, VF* c_out) {
 // sqrt(x) for x >= 0 as x / sqrt(x) from a bit-level first guess of 1 / sqrt(x) and three
 // Newton steps (~1 ulp): plain arithmetic that vectorizes in every clone, where a per-lane
 // sqrtf keeps its errno path and stays scalar. x = 0 gives 0.
-LVMFAST_DIFFUSION_INLINE VF vsqrt(VF x) {
+LVMFAST_INLINE VF vsqrt(VF x) {
   VF y = bitcast<VF>(0x5f3759df - (bitcast<VI>(x) >> 1));
   const VF half_x = 0.5f * x;
   y = y * (1.5f - half_x * y * y);
@@ -117,7 +112,7 @@ LVMFAST_DIFFUSION_INLINE VF vsqrt(VF x) {
 // else generic 16-lane vector code that each compiler target lowers as it can.
 typedef void (*Philox16Fn)(uint64_t seed, uint32_t stream, uint64_t g0, VU words[4]);
 
-LVMFAST_DIFFUSION_INLINE void philox16_setup(uint32_t stream, uint64_t g0, VU c[4]) {
+LVMFAST_INLINE void philox16_setup(uint32_t stream, uint64_t g0, VU c[4]) {
   const VU iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const uint32_t lo = static_cast<uint32_t>(g0);
   c[0] = lo + iota;
@@ -182,7 +177,7 @@ const Philox16Fn philox16 = pick_philox16();
 
 // The 64 normals of stream `stream` for the chunk of groups g0 .. g0 + 15: out[16 k + l] is
 // normal k of group g0 + l (the element order of kernels/diffusion.cuh).
-LVMFAST_DIFFUSION_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0,
+LVMFAST_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0,
                                                  float* out) {
   VU c[4];
   philox16(seed, stream, g0, c);
@@ -198,7 +193,7 @@ LVMFAST_DIFFUSION_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream,
   std::memcpy(out, n, sizeof(n));
 }
 
-LVMFAST_DIFFUSION_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0,
+LVMFAST_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0,
                                                  double* out) {
   constexpr double kTwoPi = 6.283185307179586476925286766559;
   VU c[4];
@@ -232,21 +227,69 @@ struct RowsArgs {
   int64_t D, N;
 };
 
-template <bool HasY, bool HasNoise, typename T>
-LVMFAST_DIFFUSION_INLINE void combine(const T* x, const T* y, const T* n, T* out, int64_t len,
-                                      T c0, T c1, T cn) {
-  for (int64_t i = 0; i < len; ++i) {
+// Outputs at least this large are written with non-temporal stores: they would not stay in the
+// caches anyway, and streaming skips reading each output line before it is overwritten (a
+// quarter of the memory traffic of q_sample with its noise given).
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// One 64-byte vector to a 64-byte aligned address, bypassing the caches where the ISA allows.
+// 16-byte SSE streaming stores exist in every x86-64 clone; the bits are copied unchanged.
+template <typename V>
+LVMFAST_INLINE void stream_store(void* dst, const V& v) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  for (int k = 0; k < static_cast<int>(sizeof(V) / 16); ++k) {
+    __m128 part;
+    std::memcpy(&part, reinterpret_cast<const char*>(&v) + 16 * k, 16);
+    _mm_stream_ps(reinterpret_cast<float*>(dst) + 4 * k, part);
+  }
+#else
+  std::memcpy(dst, &v, sizeof(V));
+#endif
+}
+
+template <bool HasY, bool HasNoise, bool Stream, typename T>
+LVMFAST_INLINE void combine(const T* x, const T* y, const T* n, T* out, int64_t len, T c0, T c1,
+                            T cn) {
+  using V = typename Simd<T>::vec;
+  constexpr int W = Simd<T>::width;
+  auto value = [&](int64_t i) {
     T v = c0 * x[i];
     if (HasY) v += c1 * y[i];
     if (HasNoise) v += cn * n[i];
-    out[i] = v;
+    return v;
+  };
+  int64_t i = 0;
+  if (Stream) {
+    for (; i < len && (reinterpret_cast<uintptr_t>(out + i) & 63) != 0; ++i) out[i] = value(i);
+    for (; i + W <= len; i += W) {
+      V xv, yv, nv;
+      std::memcpy(&xv, x + i, sizeof(V));
+      V v = c0 * xv;
+      if (HasY) { std::memcpy(&yv, y + i, sizeof(V)); v += c1 * yv; }
+      if (HasNoise) { std::memcpy(&nv, n + i, sizeof(V)); v += cn * nv; }
+      stream_store(out + i, v);
+    }
+  }
+  for (; i < len; ++i) out[i] = value(i);
+}
+
+template <bool Stream, typename T>
+LVMFAST_INLINE void combine_row(const RowsArgs<T>& a, const T* n, int64_t e, int64_t len,
+                                const T* cf, bool noisy, T cn) {
+  if (a.y != nullptr) {
+    if (noisy) combine<true, true, Stream>(a.x + e, a.y + e, n + e, a.out + e, len, cf[0], cf[1], cn);
+    else combine<true, false, Stream>(a.x + e, a.y + e, n, a.out + e, len, cf[0], cf[1], cn);
+  } else {
+    if (noisy) combine<false, true, Stream>(a.x + e, a.y, n + e, a.out + e, len, cf[0], T(0), cn);
+    else combine<false, false, Stream>(a.x + e, a.y, n, a.out + e, len, cf[0], T(0), cn);
   }
 }
 
 template <typename T>
-LVMFAST_DIFFUSION_INLINE void rows_chunks_impl(const RowsArgs<T>& a, int64_t c_begin, int64_t c_end) {
+LVMFAST_INLINE void rows_chunks_impl(const RowsArgs<T>& a, int64_t c_begin, int64_t c_end) {
   alignas(64) T buf[kChunk];
   const bool has_noise = a.noise_col >= 0;
+  const bool stream = a.N * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
   for (int64_t c = c_begin; c < c_end; ++c) {
     const int64_t e0 = c * kChunk, e1 = std::min<int64_t>(e0 + kChunk, a.N);
     const T* n = nullptr;  // indexed by flat element
@@ -264,29 +307,26 @@ LVMFAST_DIFFUSION_INLINE void rows_chunks_impl(const RowsArgs<T>& a, int64_t c_b
       const T* cf = a.coefs + tb * a.ncols;
       const bool noisy = has_noise && (!a.noise_only_t_positive || tb > 0);
       const T cn = noisy ? cf[a.noise_col] : T(0);
-      const int64_t len = end - e;
-      if (a.y != nullptr) {
-        if (noisy) combine<true, true>(a.x + e, a.y + e, n + e, a.out + e, len, cf[0], cf[1], cn);
-        else combine<true, false>(a.x + e, a.y + e, n, a.out + e, len, cf[0], cf[1], cn);
-      } else {
-        if (noisy) combine<false, true>(a.x + e, a.y, n + e, a.out + e, len, cf[0], T(0), cn);
-        else combine<false, false>(a.x + e, a.y, n, a.out + e, len, cf[0], T(0), cn);
-      }
+      if (stream) combine_row<true>(a, n, e, end - e, cf, noisy, cn);
+      else combine_row<false>(a, n, e, end - e, cf, noisy, cn);
       e = end;
     }
   }
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (stream) _mm_sfence();  // streamed stores are weakly ordered: publish them before returning
+#endif
 }
 
-LVMFAST_DIFFUSION_MULTIVERSION void rows_chunks(const RowsArgs<float>& a, int64_t c0, int64_t c1) {
+LVMFAST_MULTIVERSION void rows_chunks(const RowsArgs<float>& a, int64_t c0, int64_t c1) {
   rows_chunks_impl<float>(a, c0, c1);
 }
-LVMFAST_DIFFUSION_MULTIVERSION void rows_chunks(const RowsArgs<double>& a, int64_t c0, int64_t c1) {
+LVMFAST_MULTIVERSION void rows_chunks(const RowsArgs<double>& a, int64_t c0, int64_t c1) {
   rows_chunks_impl<double>(a, c0, c1);
 }
 
 // ---------------------------------------------------------------- forward_chain
 template <typename T>
-LVMFAST_DIFFUSION_INLINE void chain_forward_impl(const T* x, const T* coefs, uint64_t seed, T* out,
+LVMFAST_INLINE void chain_forward_impl(const T* x, const T* coefs, uint64_t seed, T* out,
                                                  int64_t T_, int64_t N, int64_t c_begin,
                                                  int64_t c_end) {
   alignas(64) T z[kChunk], eps[kChunk];
@@ -305,7 +345,7 @@ LVMFAST_DIFFUSION_INLINE void chain_forward_impl(const T* x, const T* coefs, uin
 
 // acc: this thread's (T, 2) accumulators in double.
 template <typename T>
-LVMFAST_DIFFUSION_INLINE void chain_backward_impl(const T* grad, const T* x, const T* coefs,
+LVMFAST_INLINE void chain_backward_impl(const T* grad, const T* x, const T* coefs,
                                                   uint64_t seed, const T* out, T* grad_x,
                                                   double* acc, int64_t T_, int64_t N,
                                                   int64_t c_begin, int64_t c_end) {
@@ -334,23 +374,23 @@ LVMFAST_DIFFUSION_INLINE void chain_backward_impl(const T* grad, const T* x, con
   }
 }
 
-LVMFAST_DIFFUSION_MULTIVERSION void chain_forward(const float* x, const float* coefs, uint64_t seed,
+LVMFAST_MULTIVERSION void chain_forward(const float* x, const float* coefs, uint64_t seed,
                                                   float* out, int64_t T_, int64_t N, int64_t c0,
                                                   int64_t c1) {
   chain_forward_impl<float>(x, coefs, seed, out, T_, N, c0, c1);
 }
-LVMFAST_DIFFUSION_MULTIVERSION void chain_forward(const double* x, const double* coefs,
+LVMFAST_MULTIVERSION void chain_forward(const double* x, const double* coefs,
                                                   uint64_t seed, double* out, int64_t T_,
                                                   int64_t N, int64_t c0, int64_t c1) {
   chain_forward_impl<double>(x, coefs, seed, out, T_, N, c0, c1);
 }
-LVMFAST_DIFFUSION_MULTIVERSION void chain_backward(const float* grad, const float* x,
+LVMFAST_MULTIVERSION void chain_backward(const float* grad, const float* x,
                                                    const float* coefs, uint64_t seed,
                                                    const float* out, float* grad_x, double* acc,
                                                    int64_t T_, int64_t N, int64_t c0, int64_t c1) {
   chain_backward_impl<float>(grad, x, coefs, seed, out, grad_x, acc, T_, N, c0, c1);
 }
-LVMFAST_DIFFUSION_MULTIVERSION void chain_backward(const double* grad, const double* x,
+LVMFAST_MULTIVERSION void chain_backward(const double* grad, const double* x,
                                                    const double* coefs, uint64_t seed,
                                                    const double* out, double* grad_x, double* acc,
                                                    int64_t T_, int64_t N, int64_t c0, int64_t c1) {
