@@ -24,6 +24,7 @@
 
 #include "../../kernels/diffusion.cuh"
 #include "../diffusion.h"
+#include "memory.h"
 #include "simd.h"
 
 namespace lvmfast {
@@ -437,7 +438,7 @@ std::tuple<at::Tensor, at::Tensor> q_sample_cpu(const at::Tensor& x0_in, const a
   if (seed) diffusion_check_seed(op, *seed, x0_in);
   const at::Tensor x0 = x0_in.contiguous(), t = t_in.contiguous(), coefs = coefs_in.contiguous();
   check_t_range(op, t, coefs.size(0));
-  at::Tensor out = at::empty(x0.sizes(), x0.options());
+  at::Tensor out = empty_for_writing(x0.sizes(), x0.options());
   at::Tensor noise = noise_in ? noise_in->contiguous() : at::Tensor();
   at::Tensor noise_out = noise_in ? at::empty({0}, x0.options()) : at::empty(x0.sizes(), x0.options());
   AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "q_sample_cpu", [&] {
@@ -460,7 +461,7 @@ std::tuple<at::Tensor, at::Tensor> q_posterior_cpu(const at::Tensor& x0_in, cons
   const at::Tensor x0 = x0_in.contiguous(), xt = xt_in.contiguous(), t = t_in.contiguous(),
                    coefs = coefs_in.contiguous();
   check_t_range(op, t, coefs.size(0));
-  at::Tensor mean = at::empty(x0.sizes(), x0.options());
+  at::Tensor mean = empty_for_writing(x0.sizes(), x0.options());
   at::Tensor var = at::empty({x0.size(0)}, x0.options());
   AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "q_posterior_cpu", [&] {
     RowsArgs<scalar_t> a{x0.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(), nullptr, false, 0,
@@ -489,7 +490,7 @@ at::Tensor p_step_cpu(const at::Tensor& xt_in, const at::Tensor& eps_in, const a
                    coefs = coefs_in.contiguous();
   check_t_range(op, t, coefs.size(0));
   at::Tensor noise = noise_in ? noise_in->contiguous() : at::Tensor();
-  at::Tensor out = at::empty(xt.sizes(), xt.options());
+  at::Tensor out = empty_for_writing(xt.sizes(), xt.options());
   AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "p_step_cpu", [&] {
     RowsArgs<scalar_t> a{xt.data_ptr<scalar_t>(), eps.data_ptr<scalar_t>(),
                          noise_in ? noise.data_ptr<scalar_t>() : nullptr, !noise_in,
@@ -512,7 +513,7 @@ std::vector<at::Tensor> diffusion_backward_cpu(const at::Tensor& grad_in, const 
   check_t_range(op, t, coefs.size(0));
   std::vector<at::Tensor> outs;
   for (int64_t col : cols) {
-    at::Tensor o = at::empty(grad.sizes(), grad.options());
+    at::Tensor o = empty_for_writing(grad.sizes(), grad.options());
     AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "diffusion_backward_cpu", [&] {
       // a row op with x = grad, c0 = coefs[:, col]: shift the table pointer by col
       RowsArgs<scalar_t> a{grad.data_ptr<scalar_t>(), nullptr, nullptr, false, 0,
@@ -532,7 +533,7 @@ at::Tensor forward_chain_cpu(const at::Tensor& x_in, const at::Tensor& coefs_in,
   const int64_t T = coefs.size(0), N = x.numel();
   std::vector<int64_t> shape{T};
   for (int64_t s : x.sizes()) shape.push_back(s);
-  at::Tensor out = at::empty(shape, x.options());
+  at::Tensor out = empty_for_writing(shape, x.options());
   const uint64_t key = read_seed(seed);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "forward_chain_cpu", [&] {
     at::parallel_for(0, num_chunks(N), chain_grain(T), [&](int64_t c0, int64_t c1) {
@@ -555,7 +556,7 @@ std::tuple<at::Tensor, at::Tensor> forward_chain_backward_cpu(const at::Tensor& 
                     ": grad and out must have shape (T, *x.shape)");
   const at::Tensor grad = grad_in.contiguous(), x = x_in.contiguous(), coefs = coefs_in.contiguous(),
                    out = out_in.contiguous();
-  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  at::Tensor grad_x = empty_for_writing(x.sizes(), x.options());
   const int nthreads = at::get_num_threads();
   std::vector<double> acc(static_cast<size_t>(nthreads) * 2 * T, 0.0);
   const uint64_t key = read_seed(seed);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../householder.h"
+#include "memory.h"
 #include "simd.h"
 
 namespace lvmfast {
@@ -238,7 +239,7 @@ at::Tensor householder_flow_cpu(const at::Tensor& z, const at::Tensor& v) {
   const bool shared = v.dim() == 2;
   const int64_t T_ = v.size(-2);
   const at::Tensor zc = z.contiguous(), vc = v.contiguous();
-  at::Tensor out = at::empty({B, L}, z.options());
+  at::Tensor out = empty_for_writing({B, L}, z.options());
   if (B == 0 || L == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "householder_flow_cpu", [&] {
     const int64_t Lp = padded(L, Simd<scalar_t>::width);
@@ -266,8 +267,8 @@ std::tuple<at::Tensor, at::Tensor> householder_flow_backward_cpu(const at::Tenso
   const int64_t T_ = v.size(-2);
   const at::Tensor gc = grad.to(out.scalar_type()).contiguous(), oc = out.contiguous(),
                    vc = v.contiguous();
-  at::Tensor gz = at::empty({B, L}, out.options());
-  at::Tensor gv = shared ? at::zeros(v.sizes(), v.options()) : at::empty(v.sizes(), v.options());
+  at::Tensor gz = empty_for_writing({B, L}, out.options());
+  at::Tensor gv = shared ? at::zeros(v.sizes(), v.options()) : empty_for_writing(v.sizes(), v.options());
   if (B == 0 || L == 0 || T_ == 0) {
     gz.copy_(gc);
     if (!shared) gv.zero_();

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../mixture.h"
+#include "memory.h"
 #include "simd.h"
 
 namespace lvmfast {
@@ -240,7 +241,7 @@ at::Tensor log_mog_cpu(const at::Tensor& z, const at::Tensor& means, const at::T
   const int64_t L = means.size(1);
   const at::Tensor z2 = z.reshape({-1, L}).contiguous();
   const int64_t N = z2.size(0);
-  at::Tensor out = at::empty({N}, z.options());
+  at::Tensor out = empty_for_writing({N}, z.options());
   if (N > 0) {
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "log_mog_cpu", [&] {
       PackedParams<scalar_t> packed(means, logvars, logits);
@@ -276,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cpu(
                     "log_mog_backward: grad and out must have shape z.shape[:-1]");
   const at::Tensor g = grad.reshape({N}).to(z.scalar_type()).contiguous();
   const at::Tensor o = out.reshape({N}).to(z.scalar_type()).contiguous();
-  at::Tensor gz = at::empty_like(z2);
+  at::Tensor gz = empty_for_writing(z2.sizes(), z2.options());
   at::Tensor wdiff, wsq, wsum;
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "log_mog_backward_cpu", [&] {
     PackedParams<scalar_t> packed(means, logvars, logits);

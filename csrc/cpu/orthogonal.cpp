@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../orthogonal.h"
+#include "memory.h"
 #include "simd.h"
 
 namespace lvmfast {
@@ -210,7 +211,7 @@ at::Tensor bjorck_orthonormalize_cpu(const at::Tensor& q, int64_t max_steps, dou
   check_bjorck_inputs("bjorck_orthonormalize", q, max_steps, tol);
   check_cpu("bjorck_orthonormalize", q);
   const at::Tensor qc = q.contiguous();
-  at::Tensor out = at::empty(q.sizes(), q.options());
+  at::Tensor out = empty_for_writing(q.sizes(), q.options());
   if (q.numel() == 0) return out;
   const int64_t D = q.size(-2), M = q.size(-1), N = q.numel() / (D * M);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "bjorck_orthonormalize_cpu", [&] {
@@ -237,7 +238,7 @@ at::Tensor bjorck_orthonormalize_backward_cpu(const at::Tensor& grad, const at::
   TORCH_CHECK_VALUE(grad.sizes() == q.sizes(), "bjorck_orthonormalize_backward: grad must have shape ",
                     q.sizes(), ", got ", grad.sizes());
   const at::Tensor qc = q.contiguous(), gc = grad.to(q.scalar_type()).contiguous();
-  at::Tensor gq = at::empty(q.sizes(), q.options());
+  at::Tensor gq = empty_for_writing(q.sizes(), q.options());
   if (q.numel() == 0) return gq;
   const int64_t D = q.size(-2), M = q.size(-1), N = q.numel() / (D * M);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "bjorck_orthonormalize_backward_cpu", [&] {

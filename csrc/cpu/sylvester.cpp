@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../sylvester.h"
+#include "memory.h"
 #include "simd.h"
 
 namespace lvmfast {
@@ -281,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor> sylvester_flow_cpu(const at::Tensor& z_in, co
   const at::Tensor z = z_in.contiguous(), r1 = r1_in.contiguous(), r2 = r2_in.contiguous(),
                    b = b_in.contiguous();
   const at::Tensor q = q_in.has_value() ? q_in->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({s.B, s.D}, z.options());
+  at::Tensor out = empty_for_writing({s.B, s.D}, z.options());
   at::Tensor logdet = at::empty({s.B}, z.options());
   if (s.B == 0) return {out, logdet};
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "sylvester_flow_cpu", [&] {
@@ -303,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor> sylvester_flow_cpu(const at::Tensor& z_in, co
 at::Tensor empty_apart(at::IntArrayRef sizes, const at::TensorOptions& options, const void* avoid) {
   const int64_t n = c10::multiply_integers(sizes);
   const int64_t elem = static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
-  at::Tensor buf = at::empty({n + 4096 / elem}, options);
+  at::Tensor buf = empty_for_writing({n + 4096 / elem}, options);
   const int64_t base = static_cast<int64_t>(reinterpret_cast<uintptr_t>(buf.data_ptr()) % 4096);
   const int64_t target = static_cast<int64_t>((reinterpret_cast<uintptr_t>(avoid) + 2048) % 4096);
   const int64_t shift = ((target - base + 4096) % 4096) / 64 * 64 / elem;  // 64-byte aligned
@@ -324,7 +325,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sylvester
                    b = b_in.contiguous();
   const at::Tensor q = q_in.has_value() ? q_in->contiguous() : at::Tensor();
   const at::Tensor g = grad_out.to(dtype).contiguous(), gl = grad_logdet.to(dtype).contiguous();
-  at::Tensor gz = at::empty({s.B, s.D}, z.options());
+  at::Tensor gz = empty_for_writing({s.B, s.D}, z.options());
   // Amortized gradients are fully written by the kernel; shared ones are summed from per-thread
   // accumulators (no atomics, deterministic for a fixed thread count).
   at::Tensor gr1 = empty_apart(r1.sizes(), z.options(), r1.data_ptr());
