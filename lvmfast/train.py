@@ -7,6 +7,7 @@ the encoded test points).
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -26,7 +27,8 @@ TRAINING_DEFAULTS = {
     "two-level": {"epochs": 1000, "lr": 1e-3, "patience": 20, "optimizer": "adamax"},
     "top-down": {"epochs": 1000, "lr": 1e-3, "patience": 20, "optimizer": "adamax"},
     "ddgm": {"epochs": 1000, "lr": 1e-3, "patience": 20, "optimizer": "adamax"},
-    "ddpm": {"epochs": 1000, "lr": 1e-3, "patience": 20, "optimizer": "adam"},
+    # fit_ddpm: Adam with cosine decay over all epochs; patience counts validations (every 10 epochs)
+    "ddpm": {"epochs": 200, "lr": 1e-3, "patience": 5, "optimizer": "adam"},
 }
 
 
@@ -80,7 +82,7 @@ def build_model(args, data: Splits):
         from lvmfast.models import DDGM, DDPM
 
         cls = DDGM if args.model == "ddgm" else DDPM
-        kwargs = {} if args.steps is None else {"steps": args.steps}
+        kwargs = {} if args.steps is None else {"T": args.steps}
         return cls(data_dim=data.dim, levels=data.levels, hidden=args.hidden, **kwargs)
     from lvmfast.models import VAE
 
@@ -157,6 +159,9 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
             break
     if bar is not None:
         bar.close()
+    if world > 1:  # free DDP's reducer now: collected at exit, after the process group, it aborts
+        del net
+        gc.collect()
     model.load_state_dict(best_state)
     return history, best_epoch
 
@@ -208,10 +213,11 @@ def pictures(model, data: Splits, samples: np.ndarray, history, out: str, device
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([h["epoch"] for h in history], [h["val_neg_elbo"] for h in history], label="validation")
-    ax.plot([h["epoch"] for h in history], [h["train_neg_elbo"] for h in history], label="train", alpha=0.6)
+    if "train_neg_elbo" in history[0]:  # the DDPM trains on L_simple, which is no bound
+        ax.plot([h["epoch"] for h in history], [h["train_neg_elbo"] for h in history], label="train", alpha=0.6)
     ax.set_xlabel("epoch")
     ax.set_ylabel("negative ELBO (nats)")
-    lo = min(min(h["val_neg_elbo"], h["train_neg_elbo"]) for h in history)
+    lo = min(min(h["val_neg_elbo"], h.get("train_neg_elbo", math.inf)) for h in history)
     ax.set_ylim(lo - 5, min(h["val_neg_elbo"] for h in history) + 60)  # the first epochs are far off
     ax.legend()
     fig.tight_layout()
@@ -222,9 +228,10 @@ def pictures(model, data: Splits, samples: np.ndarray, history, out: str, device
     if getattr(model, "betas", None) is not None:  # the forward diffusion (the book's Fig. 4.24c)
         from lvmfast.models.diffusion import forward_diffusion_picture
 
-        forward_diffusion_picture(data.test[:6].to(device), model.betas, os.path.join(out, "forward_diffusion.png"),
-                                  image_shape=shape)
-        written.append("forward_diffusion.png")
+        if shape is not None:
+            forward_diffusion_picture(data.test[:6], model.betas, os.path.join(out, "forward_diffusion.png"),
+                                      levels=data.levels, image_shape=shape)
+            written.append("forward_diffusion.png")
     if getattr(model, "latent_dim", None) == 2 and hasattr(model, "prior"):
         z = model.encode(data.test.to(device)).cpu().numpy()
         lim = max(3.0, float(np.abs(z).max()) * 1.1)
@@ -307,17 +314,26 @@ def run(args) -> int:
         if world > 1:
             torch.manual_seed(args.seed + 7919 * rank)  # different noise per process
         t0 = time.perf_counter()
-        history, best_epoch = fit(model, data, epochs=settings["epochs"], lr=settings["lr"],
-                                  batch_size=args.batch_size, patience=settings["patience"],
-                                  warmup=settings["warmup"], device=device, seed=args.seed,
-                                  progress=not args.no_progress, optimizer=settings["optimizer"],
-                                  rank=rank, world=world)
+        if args.model == "ddpm":  # L_simple is no bound: its own loop validates every 10 epochs
+            from lvmfast.models.diffusion import fit_ddpm
+
+            history, best_epoch = fit_ddpm(model, data, epochs=settings["epochs"], lr=settings["lr"],
+                                           batch_size=args.batch_size, patience=settings["patience"],
+                                           device=device, seed=args.seed, progress=not args.no_progress,
+                                           rank=rank, world=world)
+        else:
+            history, best_epoch = fit(model, data, epochs=settings["epochs"], lr=settings["lr"],
+                                      batch_size=args.batch_size, patience=settings["patience"],
+                                      warmup=settings["warmup"], device=device, seed=args.seed,
+                                      progress=not args.no_progress, optimizer=settings["optimizer"],
+                                      rank=rank, world=world)
         train_seconds = time.perf_counter() - t0
         in_step = True
         if world > 1:
             import torch.distributed as dist
 
             in_step = _parameters_agree(model, world, device)
+            dist.barrier()  # no process tears gloo down while another still talks to it
             dist.destroy_process_group()
             if rank != 0:
                 return 0
@@ -326,13 +342,13 @@ def run(args) -> int:
         test = data.test.to(device)
         model.eval()
         extra = {}
-        if args.model in DIFFUSION_MODELS:  # the ELBO-based bound stands for the NLL
+        if hasattr(model, "log_importance_weights"):
+            nll, neg_elbo = importance_sampling(model, test, args.iwae_samples)
+        else:  # the DDPM: its exact bound over all T steps stands for the NLL
             with torch.no_grad():
                 neg_elbo = -model.elbo(test)
             nll = neg_elbo
-            extra["test_nll_is"] = "negative ELBO (diffusion model)"
-        else:
-            nll, neg_elbo = importance_sampling(model, test, args.iwae_samples)
+            extra["test_nll_is"] = "the negative ELBO over all T steps (no importance sampling)"
         if hasattr(model, "kl_per_layer"):
             with torch.no_grad():
                 extra["test_kl_per_layer"] = {k: v.mean().item() for k, v in model.kl_per_layer(test).items()}
@@ -349,9 +365,9 @@ def run(args) -> int:
         "model": args.model, "prior": args.prior, "posterior": args.posterior, "seed": args.seed,
         "latent_dim": args.latent_dim, **settings, "kl_warmup_epochs": settings["warmup"],
         "test_nll_iwae": nll.mean().item(), "iwae_samples": args.iwae_samples,
-        "test_neg_elbo": neg_elbo.mean().item(), **extra, "epochs": len(history), "best_epoch": best_epoch,
+        "test_neg_elbo": neg_elbo.mean().item(), **extra, "epochs": history[-1]["epoch"], "best_epoch": best_epoch,
         "best_val_neg_elbo": min(h["val_neg_elbo"] for h in history),
-        "train_seconds": train_seconds, "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history),
+        "train_seconds": train_seconds, "seconds_per_epoch": sum(h["seconds"] for h in history) / history[-1]["epoch"],
         "eval_seconds": eval_seconds, "device": str(device), "backend": backend,
         "world_size": world, "parameters_in_step": in_step,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "lvmfast": lvmfast.__version__,
@@ -363,10 +379,10 @@ def run(args) -> int:
         metrics["pictures"] = pictures(model, data, samples, history, args.out, device)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    fd = f", Fréchet distance {extra['frechet']['ratio']:.2f}x real" if "frechet" in extra else ""
-    print(f"test {'IWAE NLL (S=' + str(args.iwae_samples) + ')' if args.model not in DIFFUSION_MODELS else 'NLL bound'} "
+    fd = f", Fréchet distance {extra['frechet']['fd_ratio']:.2f}x real" if "frechet" in extra else ""
+    print(f"test {'NLL bound' if 'test_nll_is' in extra else 'IWAE NLL (S=' + str(args.iwae_samples) + ')'} "
           f"{metrics['test_nll_iwae']:.2f} nats, test -ELBO {metrics['test_neg_elbo']:.2f}{fd}, "
-          f"{len(history)} epochs (best {best_epoch}), {train_seconds:.1f} s training; wrote {args.out}")
+          f"{history[-1]['epoch']} epochs (best {best_epoch}), {train_seconds:.1f} s training; wrote {args.out}")
     if not in_step:
         print("lvmfast train: the processes ended with different weights", file=sys.stderr)
         return 1
