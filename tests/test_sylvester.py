@@ -104,6 +104,17 @@ def test_dense_q_matches_reference(backend, device, dtype, kind, shape):
     check_against_reference(backend, device, dtype, B, D, M, kind)
 
 
+@pytest.mark.parametrize("kind", ["triangular", "reverse", "householder"])
+def test_large_gradients_on_cpu_match_reference(kind):
+    """Gradients of several MiB (fresh, huge-page-advised buffers, placed apart from their
+    inputs to avoid 4K aliasing); an odd M puts the rows at every alignment."""
+    if "cpu" not in _backend.AVAILABLE["native"]["sylvester_flow"]:
+        pytest.skip("native CPU kernels not built")
+    B, D = 600, 61
+    assert B * D * D * 4 >= 8 << 20
+    check_against_reference("native", "cpu", torch.float32, B, D, D, kind)
+
+
 SHARED_SETS = [("r1",), ("r2",), ("b",), ("q",), ("r1", "r2", "b"), ("r1", "r2", "b", "q")]
 
 

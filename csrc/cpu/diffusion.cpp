@@ -228,26 +228,6 @@ struct RowsArgs {
   int64_t D, N;
 };
 
-// Outputs at least this large are written with non-temporal stores: they would not stay in the
-// caches anyway, and streaming skips reading each output line before it is overwritten (a
-// quarter of the memory traffic of q_sample with its noise given).
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
-
-// One 64-byte vector to a 64-byte aligned address, bypassing the caches where the ISA allows.
-// 16-byte SSE streaming stores exist in every x86-64 clone; the bits are copied unchanged.
-template <typename V>
-LVMFAST_INLINE void stream_store(void* dst, const V& v) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  for (int k = 0; k < static_cast<int>(sizeof(V) / 16); ++k) {
-    __m128 part;
-    std::memcpy(&part, reinterpret_cast<const char*>(&v) + 16 * k, 16);
-    _mm_stream_ps(reinterpret_cast<float*>(dst) + 4 * k, part);
-  }
-#else
-  std::memcpy(dst, &v, sizeof(V));
-#endif
-}
-
 template <bool HasY, bool HasNoise, bool Stream, typename T>
 LVMFAST_INLINE void combine(const T* x, const T* y, const T* n, T* out, int64_t len, T c0, T c1,
                             T cn) {
@@ -268,7 +248,7 @@ LVMFAST_INLINE void combine(const T* x, const T* y, const T* n, T* out, int64_t 
       V v = c0 * xv;
       if (HasY) { std::memcpy(&yv, y + i, sizeof(V)); v += c1 * yv; }
       if (HasNoise) { std::memcpy(&nv, n + i, sizeof(V)); v += cn * nv; }
-      stream_store(out + i, v);
+      stream_copy(out + i, reinterpret_cast<const T*>(&v), W);
     }
   }
   for (; i < len; ++i) out[i] = value(i);
@@ -313,9 +293,7 @@ LVMFAST_INLINE void rows_chunks_impl(const RowsArgs<T>& a, int64_t c_begin, int6
       e = end;
     }
   }
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (stream) _mm_sfence();  // streamed stores are weakly ordered: publish them before returning
-#endif
+  if (stream) stream_fence();
 }
 
 LVMFAST_MULTIVERSION void rows_chunks(const RowsArgs<float>& a, int64_t c0, int64_t c1) {

@@ -1,6 +1,13 @@
 // Portable SIMD building blocks shared by the CPU kernels.
 #pragma once
 
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 namespace lvmfast {
 
 // One vector of 64 bytes: the compiler lowers it to one AVX-512 register, two AVX2 registers or
@@ -23,3 +30,37 @@ struct Simd {
 #endif
 // Inlined into each clone, so the helper is compiled for that clone's instruction set.
 #define LVMFAST_INLINE inline __attribute__((always_inline))
+
+namespace lvmfast {
+
+// Outputs at least this large are written with non-temporal stores: they would not stay in the
+// caches anyway, and streaming skips reading each output line before it is overwritten.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// dst[0:n] = src[0:n], with 16-byte SSE streaming stores (present in every x86-64 clone) for the
+// 16-byte aligned part of dst. Call stream_fence() before other threads read the results.
+template <typename T>
+LVMFAST_INLINE void stream_copy(T* dst, const T* src, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  int64_t i = 0;
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
+  constexpr int64_t per = 16 / sizeof(T);
+  for (; i + per <= n; i += per) {
+    __m128 part;
+    std::memcpy(&part, src + i, 16);
+    _mm_stream_ps(reinterpret_cast<float*>(dst + i), part);
+  }
+  for (; i < n; ++i) dst[i] = src[i];
+#else
+  std::memcpy(dst, src, sizeof(T) * n);
+#endif
+}
+
+// Streamed stores are weakly ordered: publish them before returning to other threads.
+inline void stream_fence() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  _mm_sfence();
+#endif
+}
+
+}  // namespace lvmfast
