@@ -30,7 +30,6 @@
 namespace lvmfast {
 namespace {
 
-
 constexpr int kChunk = 64;            // elements per generator call
 constexpr int kGroups = kChunk / 4;   // Philox groups per chunk (one 16-lane vector)
 
@@ -179,7 +178,7 @@ const Philox16Fn philox16 = pick_philox16();
 // The 64 normals of stream `stream` for the chunk of groups g0 .. g0 + 15: out[16 k + l] is
 // normal k of group g0 + l (the element order of kernels/diffusion.cuh).
 LVMFAST_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0,
-                                                 float* out) {
+                                       float* out) {
   VU c[4];
   philox16(seed, stream, g0, c);
   const VF u1a = __builtin_convertvector(bitcast<VI>(c[0] >> 1), VF) * 4.656612873077393e-10f + 2.3283064365386963e-10f;
@@ -195,7 +194,7 @@ LVMFAST_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t 
 }
 
 LVMFAST_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0,
-                                                 double* out) {
+                                       double* out) {
   constexpr double kTwoPi = 6.283185307179586476925286766559;
   VU c[4];
   philox16(seed, stream, g0, c);
@@ -306,8 +305,8 @@ LVMFAST_MULTIVERSION void rows_chunks(const RowsArgs<double>& a, int64_t c0, int
 // ---------------------------------------------------------------- forward_chain
 template <typename T>
 LVMFAST_INLINE void chain_forward_impl(const T* x, const T* coefs, uint64_t seed, T* out,
-                                                 int64_t T_, int64_t N, int64_t c_begin,
-                                                 int64_t c_end) {
+                                       int64_t T_, int64_t N, int64_t c_begin,
+                                       int64_t c_end) {
   alignas(64) T z[kChunk], eps[kChunk];
   for (int64_t c = c_begin; c < c_end; ++c) {
     const int64_t e0 = c * kChunk, len = std::min<int64_t>(kChunk, N - e0);
@@ -325,9 +324,9 @@ LVMFAST_INLINE void chain_forward_impl(const T* x, const T* coefs, uint64_t seed
 // acc: this thread's (T, 2) accumulators in double.
 template <typename T>
 LVMFAST_INLINE void chain_backward_impl(const T* grad, const T* x, const T* coefs,
-                                                  uint64_t seed, const T* out, T* grad_x,
-                                                  double* acc, int64_t T_, int64_t N,
-                                                  int64_t c_begin, int64_t c_end) {
+                                        uint64_t seed, const T* out, T* grad_x,
+                                        double* acc, int64_t T_, int64_t N,
+                                        int64_t c_begin, int64_t c_end) {
   alignas(64) T adj[kChunk], eps[kChunk], prev[kChunk], g[kChunk];
   for (int64_t c = c_begin; c < c_end; ++c) {
     const int64_t e0 = c * kChunk, len = std::min<int64_t>(kChunk, N - e0);
@@ -354,25 +353,25 @@ LVMFAST_INLINE void chain_backward_impl(const T* grad, const T* x, const T* coef
 }
 
 LVMFAST_MULTIVERSION void chain_forward(const float* x, const float* coefs, uint64_t seed,
-                                                  float* out, int64_t T_, int64_t N, int64_t c0,
-                                                  int64_t c1) {
+                                        float* out, int64_t T_, int64_t N, int64_t c0,
+                                        int64_t c1) {
   chain_forward_impl<float>(x, coefs, seed, out, T_, N, c0, c1);
 }
 LVMFAST_MULTIVERSION void chain_forward(const double* x, const double* coefs,
-                                                  uint64_t seed, double* out, int64_t T_,
-                                                  int64_t N, int64_t c0, int64_t c1) {
+                                        uint64_t seed, double* out, int64_t T_,
+                                        int64_t N, int64_t c0, int64_t c1) {
   chain_forward_impl<double>(x, coefs, seed, out, T_, N, c0, c1);
 }
 LVMFAST_MULTIVERSION void chain_backward(const float* grad, const float* x,
-                                                   const float* coefs, uint64_t seed,
-                                                   const float* out, float* grad_x, double* acc,
-                                                   int64_t T_, int64_t N, int64_t c0, int64_t c1) {
+                                         const float* coefs, uint64_t seed,
+                                         const float* out, float* grad_x, double* acc,
+                                         int64_t T_, int64_t N, int64_t c0, int64_t c1) {
   chain_backward_impl<float>(grad, x, coefs, seed, out, grad_x, acc, T_, N, c0, c1);
 }
 LVMFAST_MULTIVERSION void chain_backward(const double* grad, const double* x,
-                                                   const double* coefs, uint64_t seed,
-                                                   const double* out, double* grad_x, double* acc,
-                                                   int64_t T_, int64_t N, int64_t c0, int64_t c1) {
+                                         const double* coefs, uint64_t seed,
+                                         const double* out, double* grad_x, double* acc,
+                                         int64_t T_, int64_t N, int64_t c0, int64_t c1) {
   chain_backward_impl<double>(grad, x, coefs, seed, out, grad_x, acc, T_, N, c0, c1);
 }
 
