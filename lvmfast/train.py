@@ -336,7 +336,7 @@ def run(args) -> int:
             dist.barrier()  # no process tears gloo down while another still talks to it
             dist.destroy_process_group()
             if rank != 0:
-                return 0
+                _exit_process(0)
         t0 = time.perf_counter()
         torch.manual_seed(args.seed + 1)
         test = data.test.to(device)
@@ -385,5 +385,15 @@ def run(args) -> int:
           f"{history[-1]['epoch']} epochs (best {best_epoch}), {train_seconds:.1f} s training; wrote {args.out}")
     if not in_step:
         print("lvmfast train: the processes ended with different weights", file=sys.stderr)
-        return 1
-    return 0
+    rc = 0 if in_step else 1
+    if world > 1:
+        _exit_process(rc)
+    return rc
+
+
+def _exit_process(rc: int) -> None:
+    """End a torchrun worker without interpreter teardown: gloo's threads can abort it
+    ("terminate called without an active exception") after the work is done and written."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
