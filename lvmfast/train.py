@@ -114,18 +114,9 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
     gen = torch.Generator().manual_seed(seed)  # the same batch order in every process
     opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.Adamax)(model.parameters(), lr=lr)
     train, val = data.train.to(device), data.val.to(device)
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, find_unused_parameters=True)
-        val = val.tensor_split(world)[rank]
+    net, val = for_processes(model, val, rank, world)
     best, best_state, best_epoch, history = math.inf, None, 0, []
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=epochs, desc="train", unit="epoch", dynamic_ncols=True, file=sys.stderr)
+    bar = progress_bar(epochs, progress and rank == 0)
     for epoch in range(1, epochs + 1):
         beta = min(1.0, epoch / warmup) if warmup > 0 else 1.0
         model.train()
@@ -164,6 +155,24 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
         gc.collect()
     model.load_state_dict(best_state)
     return history, best_epoch
+
+
+def for_processes(model, val, rank, world):
+    """(the model to train, this process's validation rows): under torchrun the model wrapped in
+    DistributedDataParallel and a shard of `val`; otherwise both unchanged."""
+    if world == 1:
+        return model, val
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, find_unused_parameters=True), val.tensor_split(world)[rank]
+
+
+def progress_bar(epochs, show):
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=epochs, desc="train", unit="epoch", dynamic_ncols=True, file=sys.stderr)
 
 
 def _sum_across(world, device, *values):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import gc
 import math
-import sys
 import time
 
 import torch
@@ -377,7 +376,7 @@ def fit_ddpm(model: DDPM, data, *, epochs: int = 200, lr: float = 1e-3, batch_si
 
     With world > 1 (under torchrun) every batch is split across the processes as in
     `lvmfast.train.fit`, and the validation bound is summed across them."""
-    from lvmfast.train import _sum_across
+    from lvmfast.train import _sum_across, for_processes, progress_bar
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.net.parameters(), lr=lr)
@@ -385,18 +384,9 @@ def fit_ddpm(model: DDPM, data, *, epochs: int = 200, lr: float = 1e-3, batch_si
     total = epochs * steps_per_epoch
     decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     train, val = data.train.to(device), data.val.to(device)
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, find_unused_parameters=True)
-        val = val.tensor_split(world)[rank]
+    net, val = for_processes(model, val, rank, world)
     best, best_state, best_epoch, history = math.inf, None, 0, []
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=epochs, desc="train", unit="epoch", dynamic_ncols=True, file=sys.stderr)
+    bar = progress_bar(epochs, progress and rank == 0)
     loss_sum, loss_count, seconds = 0.0, 0, 0.0
     for epoch in range(1, epochs + 1):
         model.train()
