@@ -1,5 +1,5 @@
-// Pieces every CUDA glue file needs: the dtype dispatch onto (storage, accumulation) kernel
-// types, and the check of a launcher's return code.
+// Pieces every CUDA glue file needs: the input check, the dtype dispatch onto (storage,
+// accumulation) kernel types, and the check of a launcher's return code.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -27,6 +27,17 @@ void dispatch(const char* op, at::ScalarType t, F&& f) {
     default: TORCH_CHECK_VALUE(false, op, ": unsupported dtype on CUDA: ", t);
   }
 }
+
+// RuntimeError unless `t` is on CUDA; ValueError unless the kernels take its dtype.
+inline void check_cuda_float(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), op, ": expected CUDA tensors, got ", t.device());
+  const auto s = t.scalar_type();
+  TORCH_CHECK_VALUE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, op,
+                    ": on CUDA ", name, " must be float32, float64, float16 or bfloat16, got ", s);
+}
+
+// The accumulation dtype of the kernels' workspaces: double for double, float otherwise.
+inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline void check_launch(const char* op, cudaError_t err) {
   TORCH_CHECK(err == cudaSuccess, op, " CUDA kernel failed: ", cudaGetErrorString(err));

@@ -16,21 +16,14 @@ namespace lvmfast {
 namespace {
 
 constexpr const char* kOp = "householder_flow";
+using cuda_glue::acc_type;
+using cuda_glue::check_cuda_float;
 using cuda_glue::check_launch;
 using cuda_glue::dispatch;
 
-void check_cuda_inputs(const char* op, const at::Tensor& z) {
-  TORCH_CHECK(z.is_cuda(), op, ": expected CUDA tensors, got ", z.device());
-  const auto t = z.scalar_type();
-  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-                    op, ": on CUDA z must be float32, float64, float16 or bfloat16, got ", t);
-}
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 at::Tensor householder_flow_cuda(const at::Tensor& z, const at::Tensor& v) {
   check_householder_inputs("householder_flow", z, v);
-  check_cuda_inputs("householder_flow", z);
+  check_cuda_float("householder_flow", "z", z);
   const c10::cuda::CUDAGuard guard(z.device());
   const int64_t B = z.size(0), L = z.size(1), T = v.size(-2);
   const bool shared = v.dim() == 2;
@@ -55,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> householder_flow_backward_cuda(const at::Tens
                                                                   const at::Tensor& out,
                                                                   const at::Tensor& v) {
   check_householder_backward_inputs(grad, out, v);
-  check_cuda_inputs("householder_flow_backward", out);
+  check_cuda_float("householder_flow_backward", "z", out);
   const c10::cuda::CUDAGuard guard(out.device());
   const int64_t B = out.size(0), L = out.size(1), T = v.size(-2);
   const bool shared = v.dim() == 2;

@@ -16,15 +16,9 @@ namespace lvmfast {
 namespace {
 
 constexpr const char* kOp = "log_mog";
+using cuda_glue::check_cuda_float;
 using cuda_glue::check_launch;
 using cuda_glue::dispatch;
-
-void check_cuda_inputs(const at::Tensor& z) {
-  TORCH_CHECK(z.is_cuda(), "log_mog: expected CUDA tensors, got ", z.device());
-  const auto t = z.scalar_type();
-  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-                    "log_mog: on CUDA z must be float32, float64, float16 or bfloat16, got ", t);
-}
 
 std::vector<int64_t> batch_shape(const at::Tensor& z) {
   auto shape = z.sizes().vec();
@@ -51,7 +45,7 @@ void run_forward(const at::Tensor& z2, const at::Tensor& mu, const at::Tensor& p
 at::Tensor log_mog_cuda(const at::Tensor& z, const at::Tensor& means, const at::Tensor& logvars,
                         const at::Tensor& logits) {
   check_log_mog_inputs(z, means, logvars, logits);
-  check_cuda_inputs(z);
+  check_cuda_float(kOp, "z", z);
   const c10::cuda::CUDAGuard guard(z.device());
   const int64_t L = means.size(1);
   const at::Tensor z2 = z.reshape({-1, L}).contiguous();
@@ -72,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cuda
     const at::Tensor& grad, const at::Tensor& z, const at::Tensor& means,
     const at::Tensor& logvars, const at::Tensor& logits, const at::Tensor& out) {
   check_log_mog_inputs(z, means, logvars, logits);
-  check_cuda_inputs(z);
+  check_cuda_float(kOp, "z", z);
   TORCH_CHECK(grad.device() == z.device() && out.device() == z.device(),
               "log_mog_backward: grad and out must be on ", z.device(), ", got ", grad.device(),
               " and ", out.device());

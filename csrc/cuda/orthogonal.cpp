@@ -14,21 +14,14 @@ namespace lvmfast {
 namespace {
 
 constexpr const char* kOp = "bjorck_orthonormalize";
+using cuda_glue::acc_type;
+using cuda_glue::check_cuda_float;
 using cuda_glue::check_launch;
 using cuda_glue::dispatch;
 
-void check_cuda_inputs(const char* op, const at::Tensor& q) {
-  TORCH_CHECK(q.is_cuda(), op, ": expected CUDA tensors, got ", q.device());
-  const auto t = q.scalar_type();
-  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-                    op, ": on CUDA q must be float32, float64, float16 or bfloat16, got ", t);
-}
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 at::Tensor bjorck_orthonormalize_cuda(const at::Tensor& q, int64_t max_steps, double tol) {
   check_bjorck_inputs("bjorck_orthonormalize", q, max_steps, tol);
-  check_cuda_inputs("bjorck_orthonormalize", q);
+  check_cuda_float("bjorck_orthonormalize", "q", q);
   const c10::cuda::CUDAGuard guard(q.device());
   const at::Tensor qc = q.contiguous();
   at::Tensor out = at::empty(q.sizes(), q.options());
@@ -55,7 +48,7 @@ at::Tensor bjorck_orthonormalize_cuda(const at::Tensor& q, int64_t max_steps, do
 at::Tensor bjorck_orthonormalize_backward_cuda(const at::Tensor& grad, const at::Tensor& q,
                                                int64_t max_steps, double tol) {
   check_bjorck_inputs("bjorck_orthonormalize_backward", q, max_steps, tol);
-  check_cuda_inputs("bjorck_orthonormalize_backward", q);
+  check_cuda_float("bjorck_orthonormalize_backward", "q", q);
   TORCH_CHECK_VALUE(grad.sizes() == q.sizes(), "bjorck_orthonormalize_backward: grad must have shape ",
                     q.sizes(), ", got ", grad.sizes());
   TORCH_CHECK(grad.device() == q.device(),

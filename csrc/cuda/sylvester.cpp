@@ -18,16 +18,9 @@ namespace lvmfast {
 namespace {
 
 constexpr const char* kOp = "sylvester_flow";
+using cuda_glue::check_cuda_float;
 using cuda_glue::check_launch;
 using cuda_glue::dispatch;
-
-void check_cuda_inputs(const at::Tensor& z) {
-  TORCH_CHECK(z.is_cuda(), "sylvester_flow: expected CUDA tensors, got ", z.device());
-  const auto t = z.scalar_type();
-  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-                    "sylvester_flow: on CUDA z must be float32, float64, float16 or bfloat16, got ",
-                    t);
-}
 
 template <typename T>
 const T* ptr(const at::Tensor& t) {
@@ -66,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> sylvester_flow_cuda(const at::Tensor& z, cons
                                                        const std::optional<at::Tensor>& q,
                                                        bool reverse) {
   const SylvesterShape s = check_sylvester_inputs(z, r1, r2, b, q, reverse);
-  check_cuda_inputs(z);
+  check_cuda_float(kOp, "z", z);
   const c10::cuda::CUDAGuard guard(z.device());
   const Contiguous in = contiguous_inputs(z, r1, r2, b, q);
   at::Tensor out = at::empty({s.B, s.D}, z.options());
@@ -88,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sylvester
     const at::Tensor& r1, const at::Tensor& r2, const at::Tensor& b,
     const std::optional<at::Tensor>& q, bool reverse) {
   const SylvesterShape s = check_sylvester_inputs(z, r1, r2, b, q, reverse);
-  check_cuda_inputs(z);
+  check_cuda_float(kOp, "z", z);
   TORCH_CHECK_VALUE(grad_out.sizes() == z.sizes() && grad_logdet.dim() == 1 &&
                         grad_logdet.size(0) == s.B,
                     "sylvester_flow_backward: grad_out must have the shape of z and grad_logdet (B,)");
