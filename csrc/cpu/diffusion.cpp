@@ -242,11 +242,9 @@ LVMFAST_INLINE void combine(const T* x, const T* y, const T* n, T* out, int64_t 
   if (Stream) {
     for (; i < len && (reinterpret_cast<uintptr_t>(out + i) & 63) != 0; ++i) out[i] = value(i);
     for (; i + W <= len; i += W) {
-      V xv, yv, nv;
-      std::memcpy(&xv, x + i, sizeof(V));
-      V v = c0 * xv;
-      if (HasY) { std::memcpy(&yv, y + i, sizeof(V)); v += c1 * yv; }
-      if (HasNoise) { std::memcpy(&nv, n + i, sizeof(V)); v += cn * nv; }
+      V v = c0 * load(x + i);
+      if (HasY) v += c1 * load(y + i);
+      if (HasNoise) v += cn * load(n + i);
       stream_copy(out + i, reinterpret_cast<const T*>(&v), W);
     }
   }

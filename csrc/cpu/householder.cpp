@@ -19,16 +19,6 @@
 namespace lvmfast {
 namespace {
 
-template <typename T>
-LVMFAST_INLINE typename Simd<T>::vec load(const T* p) {
-  typename Simd<T>::vec x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-template <typename T>
-LVMFAST_INLINE void store(T* p, typename Simd<T>::vec x) {
-  std::memcpy(p, &x, sizeof(x));
-}
 // Horizontal sum as a tree (halving the vector twice, then 16 bytes by hand): each
 // reflection waits on its dot products, so their latency, not the adds, sets the pace.
 template <typename T>

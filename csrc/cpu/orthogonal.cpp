@@ -28,17 +28,6 @@ namespace {
 constexpr int kRows = 4;   // rows of C per micro-kernel call
 constexpr int kChunks = 4;  // vectors of C per row per micro-kernel call
 
-template <typename T>
-LVMFAST_INLINE typename Simd<T>::vec load(const T* p) {
-  typename Simd<T>::vec x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-template <typename T>
-LVMFAST_INLINE void store(T* p, typename Simd<T>::vec x) {
-  std::memcpy(p, &x, sizeof(x));
-}
-
 // acc[r][c] += sum_k left[r * lr + k * lk] * right[k * rs + c * W], k < K: a kRows x NC block
 // of C = Left * Right, with left broadcast from memory and right read as vectors.
 template <typename T, int NC>

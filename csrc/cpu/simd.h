@@ -33,6 +33,19 @@ struct Simd {
 
 namespace lvmfast {
 
+// Unaligned vector load and store (memcpy: no aliasing or alignment assumptions; compiles to
+// one vector move).
+template <typename T>
+LVMFAST_INLINE typename Simd<T>::vec load(const T* p) {
+  typename Simd<T>::vec x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+template <typename T>
+LVMFAST_INLINE void store(T* p, typename Simd<T>::vec x) {
+  std::memcpy(p, &x, sizeof(x));
+}
+
 // Outputs at least this large are written with non-temporal stores: they would not stay in the
 // caches anyway, and streaming skips reading each output line before it is overwritten.
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
