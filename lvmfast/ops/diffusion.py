@@ -20,24 +20,13 @@ import torch
 
 from lvmfast import _backend
 from lvmfast.diffusion.schedule import Schedule, acc_dtype
+from lvmfast.ops._common import check_float
 from lvmfast.reference import diffusion as reference
 
-_FLOAT = (torch.float32, torch.float64)
-_HALF = (torch.float16, torch.bfloat16)
 _SEED_HIGH = 2**62
 
 
 # ------------------------------------------------------------------ checks
-def _check_float(op, name, x):
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{op}: {name} must be a tensor, got {type(x).__name__}")
-    allowed = _FLOAT + (_HALF if x.device.type == "cuda" else ())
-    if x.dtype not in allowed:
-        where = "on CUDA" if x.device.type == "cuda" else f"on {x.device.type} (half types need CUDA)"
-        raise ValueError(f"{op}: {name} must have dtype in {[str(d) for d in allowed]} {where}, "
-                         f"got {x.dtype}")
-
-
 def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
@@ -65,7 +54,7 @@ def _check_generator(op, generator, x):
 
 def _check_rows(op, xname, x, t, schedule, others=(), noise=None, generator=None):
     """x (B, ...), t (B,) long, schedule a Schedule on x's device, others shaped like x."""
-    _check_float(op, xname, x)
+    check_float(op, xname, x)
     if x.dim() < 1:
         raise ValueError(f"{op}: {xname} must have shape (B, ...), got {tuple(x.shape)}")
     if not isinstance(schedule, Schedule):
@@ -171,7 +160,7 @@ def forward_chain(x: torch.Tensor, betas: torch.Tensor,
     i = 1..T in one call; returns z_1..z_T stacked, (T, *x.shape). Differentiable in x and betas
     (the backward regenerates the noise from the seed instead of storing it)."""
     op = "forward_chain"
-    _check_float(op, "x", x)
+    check_float(op, "x", x)
     if not isinstance(betas, torch.Tensor) or not betas.is_floating_point():
         raise ValueError(f"{op}: betas must be a floating (T,) tensor, got "
                          f"{betas.dtype if isinstance(betas, torch.Tensor) else type(betas).__name__}")
