@@ -118,8 +118,11 @@ def table(bench_path: str, ceil_path: str) -> str:
     bw, rate = ceil["copy_bytes_per_s"], ceil["fp32_flops_per_s"]
     lines = [f"Floors on {ceil['gpu']}: copy {bw / 1e12:.2f} TB/s, float32 (no TF32) {rate / 1e12:.1f} TFLOP/s, "
              "both measured in the same call.", "",
-             "| op | shape | mode | candidate | median ms | floor ms | bound | time / floor | speed-up vs baseline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "`kernel ms` is the GPU's busy time per call from the profiler (kernels and copies, no host "
+             "overhead); `time / floor` uses the wall-clock median, `kernel / floor` the busy time.", "",
+             "| op | shape | mode | candidate | median ms | kernel ms | floor ms | bound | time / floor | "
+             "kernel / floor | speed-up vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "median_s" not in r or not r["candidate"].startswith("lvmfast[") or "reference" in r["candidate"]:
             continue
@@ -128,9 +131,11 @@ def table(bench_path: str, ceil_path: str) -> str:
             continue
         t_mem, t_flop = w[0] / bw, w[1] / rate
         floor = max(t_mem, t_flop)
+        busy = r.get("device_busy_s")
+        busy_ms, busy_ratio = (f"{busy * 1e3:.4f}", f"{busy / floor:.2f}") if busy else ("–", "–")
         lines.append(f"| {r['op']} | {r['shape']} | {r['mode']} | {r['candidate']} | {r['median_s'] * 1e3:.4f} | "
-                     f"{floor * 1e3:.4f} | {'memory' if t_mem >= t_flop else 'arithmetic'} | "
-                     f"{r['median_s'] / floor:.2f} | {r.get('speedup_vs_baseline', float('nan')):.2f} |")
+                     f"{busy_ms} | {floor * 1e3:.4f} | {'memory' if t_mem >= t_flop else 'arithmetic'} | "
+                     f"{r['median_s'] / floor:.2f} | {busy_ratio} | {r.get('speedup_vs_baseline', float('nan')):.2f} |")
     return "\n".join(lines)
 
 

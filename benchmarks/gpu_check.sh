@@ -4,7 +4,9 @@
 # slow one cannot starve the rest), then print floors and a short table last. Outputs go to $OUT.
 #   bash benchmarks/gpu_check.sh [bench families...]     (from the repository root)
 # Limits in seconds: TEST_LIMIT_S (pytest), BENCH_LIMIT_S (each family), DEADLINE_S (no family
-# starts past it, counted from the script's start).
+# starts past it, counted from the script's start). TESTS: pytest selection (default: all of
+# `-m cuda`; `none` skips the tests). Wheels in .whl/ (carried: the device has no network) are
+# installed first, e.g. diffusers and its dependencies for the peer rows.
 set -uo pipefail
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
@@ -18,10 +20,12 @@ stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
-# Optional wheels carried in .whl/ (the device has no network), e.g. diffusers for the peer rows
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+if compgen -G ".whl/diffusers-*.whl" >/dev/null; then
+  # resolved against the carried wheels, so packages the image already has stay as they are
+  python -m pip install -q --no-index --find-links .whl diffusers 2>&1 | tail -3
 fi
+python -c "import diffusers; print('diffusers', diffusers.__version__)" 2>/dev/null | tee -a "$OUT/gpu.txt" \
+  || echo "diffusers not importable: no diffusers rows" | tee -a "$OUT/gpu.txt"
 
 stamp "build"
 if ! MAX_JOBS=16 FORCE_CUDA=1 LVMFAST_REQUIRE_EXTENSION=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
@@ -35,16 +39,19 @@ python -m lvmfast info | tee -a "$OUT/gpu.txt"
 stamp "ceilings"
 python benchmarks/floors.py measure "$OUT/ceilings.json" | tee -a "$OUT/gpu.txt"
 
+tests_rc=skipped
+if [ "${TESTS:-}" != none ]; then
 stamp "CUDA tests (seed $SEED)"
 parallel=(); python -c "import xdist" 2>/dev/null && parallel=(-n 8)
 timeout=(); python -c "import pytest_timeout" 2>/dev/null && timeout=(--timeout 120)
 # -v: one line per finished test, so a run cut by the time limit still names its failures
 LVMFAST_TEST_SEED=$SEED timeout "${TEST_LIMIT_S:-300}" python -m pytest -m cuda -v -p no:cacheprovider --maxfail 25 \
-  "${parallel[@]}" "${timeout[@]}" -rf >"$OUT/pytest.txt" 2>&1
+  "${parallel[@]}" "${timeout[@]}" -rf --durations 15 ${TESTS:-} >"$OUT/pytest.txt" 2>&1
 tests_rc=$?
 grep -E "(FAILED|ERROR) " "$OUT/pytest.txt" | cut -c1-200 | sort -u | head -25
 echo "passed $(grep -c ' PASSED ' "$OUT/pytest.txt"), skipped $(grep -c ' SKIPPED ' "$OUT/pytest.txt")"
 tail -1 "$OUT/pytest.txt"
+fi
 
 stamp "CUDA benchmarks: ${FAMILIES[*]}"
 bench_rc=0

@@ -149,6 +149,23 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return mode.peak
 
 
+def device_busy_s(fn: Callable[[], object], reps: int = 5) -> float | None:
+    """Seconds per call that the GPU spends in kernels and copies, from the profiler's device
+    events: the part of a call the kernels themselves cost, without the host's launch and
+    autograd overhead that dominates small shapes. None where the profiler gives no events."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    busy_us = sum(e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return busy_us / 1e6 / reps if busy_us > 0 else None
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     idx = (len(ordered) - 1) * q
@@ -186,6 +203,14 @@ def run_case(case: Case, device: torch.device, budget_s: float, log=print) -> li
                 row.update(median_s=statistics.median(times), p20_s=percentile(times, 0.2),
                            p80_s=percentile(times, 0.8), reps=len(times),
                            peak_bytes=peak_bytes(call, device))
+                if device.type == "cuda":
+                    try:
+                        busy = device_busy_s(call)
+                    except Exception as err:  # the profiler is a bonus: never lose the row to it
+                        busy = None
+                        log(f"  device time not measured: {type(err).__name__}: {err}")
+                    if busy is not None:
+                        row["device_busy_s"] = busy
                 if mode == "fwd+bwd":
                     row["saved_bytes"] = saved_bytes(fn)
                 del fn, inputs, call
