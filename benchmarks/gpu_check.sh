@@ -45,7 +45,9 @@ stamp "CUDA tests (seed $SEED)"
 parallel=(); python -c "import xdist" 2>/dev/null && parallel=(-n 8)
 timeout=(); python -c "import pytest_timeout" 2>/dev/null && timeout=(--timeout 120)
 # -v: one line per finished test, so a run cut by the time limit still names its failures
-LVMFAST_TEST_SEED=$SEED timeout "${TEST_LIMIT_S:-300}" python -m pytest -m cuda -v -p no:cacheprovider --maxfail 25 \
+# two threads per worker: 8 workers with a thread per core each oversubscribe the CPU 8x, and
+# the float64 CPU references of the benchmark-shape tests then crawl
+OMP_NUM_THREADS=2 LVMFAST_TEST_SEED=$SEED timeout "${TEST_LIMIT_S:-300}" python -m pytest -m cuda -v -p no:cacheprovider --maxfail 25 \
   "${parallel[@]}" "${timeout[@]}" -rf --durations 15 ${TESTS:-} >"$OUT/pytest.txt" 2>&1
 tests_rc=$?
 grep -E "(FAILED|ERROR) " "$OUT/pytest.txt" | cut -c1-200 | sort -u | head -25

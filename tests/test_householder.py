@@ -103,12 +103,19 @@ def test_non_contiguous_inputs(backend, device, shared):
         assert_close_rel(g, rg, 1e-10, "grad")
 
 
+def nondet_tol(device, shared):
+    """The CUDA kernels sum a shared v's gradient over the batch with atomics, in no fixed order:
+    two backward passes may differ in the last bits (gradcheck's reentrancy check)."""
+    return 1e-12 if shared and device == "cuda" else 0.0
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("shared", [False, True], ids=["amortized", "shared"])
 def test_gradcheck(backend, device, shared):
     inputs = make_inputs(4, 3, 5, shared, torch.float64, device, zero_steps=(1,))
     with lvmfast.use_backend(backend):
-        assert torch.autograd.gradcheck(lvmfast.householder_flow, make_inputs(4, 3, 5, shared, torch.float64, device))
+        assert torch.autograd.gradcheck(lvmfast.householder_flow, make_inputs(4, 3, 5, shared, torch.float64, device),
+                                        nondet_tol=nondet_tol(device, shared))
         # a zero v_t: the function is not differentiable in that v_t (skip), so check z only
         assert torch.autograd.gradcheck(lambda z: lvmfast.householder_flow(z, inputs[1].detach()), inputs[:1])
 
@@ -118,7 +125,7 @@ def test_gradcheck(backend, device, shared):
 def test_double_backward_matches_reference(backend, device, shared):
     inputs = make_inputs(3, 2, 4, shared, torch.float64, device)
     with lvmfast.use_backend(backend):
-        assert torch.autograd.gradgradcheck(lvmfast.householder_flow, inputs)
+        assert torch.autograd.gradgradcheck(lvmfast.householder_flow, inputs, nondet_tol=nondet_tol(device, shared))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

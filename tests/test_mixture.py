@@ -75,8 +75,10 @@ def test_float32_accuracy_bound_in_hard_regime(backend, device):
     z = means[pick] + torch.randn(N, L, dtype=torch.float64) * torch.exp(0.5 * logvars[pick]) * 3
     z[: N // 4] = torch.empty(N // 4, L, dtype=torch.float64).uniform_(-10, 10)  # and anywhere
     z = z.clamp(-10, 10)
-    exact = reference_log_mog(z, means, logvars, logits)
+    # SPEC compares with the float64 result on the same inputs: the float32 values themselves,
+    # since rounding the inputs to float32 alone moves the exact value by up to ~1.2e-4 here
     f32 = [t.float().to(device) for t in (z, means, logvars, logits)]
+    exact = reference_log_mog(*[t.double().cpu() for t in f32])
     out = run(backend, lvmfast.log_mog, *f32).double().cpu()
     bound = 1e-4 * (1 + exact.abs())
     assert ((out - exact).abs() <= bound).all(), (out - exact).abs().div(1 + exact.abs()).max()
