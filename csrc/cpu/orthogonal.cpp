@@ -25,20 +25,35 @@
 namespace lvmfast {
 namespace {
 
-constexpr int kRows = 4;   // rows of C per micro-kernel call
+constexpr int kRows = 4;   // rows of C per micro-kernel call (kWideRows for narrow C, below)
+constexpr int kWideRows = 8;
 constexpr int kChunks = 4;  // vectors of C per row per micro-kernel call
 
-// acc[r][c] += sum_k left[r * lr + k * lk] * right[k * rs + c * W], k < K: a kRows x NC block
+// Rows per micro-kernel call for C of `nchunks` vectors a row. A 4 x 1 or 4 x 2 block keeps
+// too few independent FMAs in flight (latency 4, two pipes) and loads a broadcast per FMA or
+// two; 8 rows double that, and 8 x 2 accumulators still fit the 32 AVX-512 registers (with
+// AVX2 they would spill: 16 registers of half the width).
+inline int rows_per_block(int64_t nchunks) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return nchunks <= 2 && avx512 ? kWideRows : kRows;
+#else
+  (void)nchunks;
+  return kRows;
+#endif
+}
+
+// acc[r][c] += sum_k left[r * lr + k * lk] * right[k * rs + c * W], k < K: an R x NC block
 // of C = Left * Right, with left broadcast from memory and right read as vectors.
-template <typename T, int NC>
-LVMFAST_INLINE void mk(typename Simd<T>::vec (&acc)[kRows][kChunks], const T* left, int64_t lr,
+template <typename T, int R, int NC>
+LVMFAST_INLINE void mk(typename Simd<T>::vec (&acc)[R][NC], const T* left, int64_t lr,
                        int64_t lk, const T* right, int64_t rs, int64_t K) {
   using V = typename Simd<T>::vec;
   constexpr int W = Simd<T>::width;
   for (int64_t k = 0; k < K; ++k) {
     V rv[NC];
     for (int c = 0; c < NC; ++c) rv[c] = load(right + k * rs + c * W);
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < R; ++r) {
       const T a = left[r * lr + k * lk];
       for (int c = 0; c < NC; ++c) acc[r][c] += a * rv[c];
     }
@@ -46,11 +61,11 @@ LVMFAST_INLINE void mk(typename Simd<T>::vec (&acc)[kRows][kChunks], const T* le
 }
 
 // What to do with a finished block: C = alpha * acc + beta * X (X may be null).
-template <typename T, int NC>
-LVMFAST_INLINE void put(const typename Simd<T>::vec (&acc)[kRows][kChunks], T* out, int64_t os,
+template <typename T, int R, int NC>
+LVMFAST_INLINE void put(const typename Simd<T>::vec (&acc)[R][NC], T* out, int64_t os,
                         T alpha, T beta, const T* x, int64_t xs) {
   constexpr int W = Simd<T>::width;
-  for (int r = 0; r < kRows; ++r)
+  for (int r = 0; r < R; ++r)
     for (int c = 0; c < NC; ++c) {
       typename Simd<T>::vec y = alpha * acc[r][c];
       if (x != nullptr) y += beta * load(x + r * xs + c * W);
@@ -58,29 +73,29 @@ LVMFAST_INLINE void put(const typename Simd<T>::vec (&acc)[kRows][kChunks], T* o
     }
 }
 
-// One kRows x (NC vectors) block of out = alpha * (L1 R1 [+ L2 R2]) + beta X; left operands
+// One R x (NC vectors) block of out = alpha * (L1 R1 [+ L2 R2]) + beta X; left operands
 // are addressed as left[row * lr + k * lk], right ones are (K x Mp) row-major. The accumulators
 // are locals of this always-inlined function, so they live in registers.
-template <typename T, int NC>
+template <typename T, int R, int NC>
 LVMFAST_INLINE void gemm_block(T* o, int64_t Mp, const T* l1, int64_t lr1, int64_t lk1,
                                const T* r1, int64_t K1, const T* l2, int64_t lr2, int64_t lk2,
                                const T* r2, int64_t K2, T alpha, T beta, const T* xb) {
-  typename Simd<T>::vec acc[kRows][kChunks] = {};
-  mk<T, NC>(acc, l1, lr1, lk1, r1, Mp, K1);
-  if (l2 != nullptr) mk<T, NC>(acc, l2, lr2, lk2, r2, Mp, K2);
-  put<T, NC>(acc, o, Mp, alpha, beta, xb, Mp);
+  typename Simd<T>::vec acc[R][NC] = {};
+  mk<T, R, NC>(acc, l1, lr1, lk1, r1, Mp, K1);
+  if (l2 != nullptr) mk<T, R, NC>(acc, l2, lr2, lk2, r2, Mp, K2);
+  put<T, R, NC>(acc, o, Mp, alpha, beta, xb, Mp);
 }
 
-// out (rows x Mp, rows a multiple of kRows) = alpha * (L1 R1 [+ L2 R2]) + beta X, blocked.
+// out (rows x Mp, rows a multiple of R) = alpha * (L1 R1 [+ L2 R2]) + beta X, blocked.
 // upper: only the blocks on or right of the diagonal (the symmetric Gram matrix).
-template <typename T>
-LVMFAST_INLINE void gemm(T* out, int64_t rows, int64_t Mp, const T* l1, int64_t lr1, int64_t lk1,
-                         const T* r1, int64_t K1, const T* l2, int64_t lr2, int64_t lk2,
-                         const T* r2, int64_t K2, T alpha, T beta, const T* x,
-                         bool upper) {
+template <typename T, int R>
+LVMFAST_INLINE void gemm_rows(T* out, int64_t rows, int64_t Mp, const T* l1, int64_t lr1,
+                              int64_t lk1, const T* r1, int64_t K1, const T* l2, int64_t lr2,
+                              int64_t lk2, const T* r2, int64_t K2, T alpha, T beta, const T* x,
+                              bool upper) {
   constexpr int W = Simd<T>::width;
   const int64_t nchunks = Mp / W;
-  for (int64_t i = 0; i < rows; i += kRows) {
+  for (int64_t i = 0; i < rows; i += R) {
     for (int64_t c0 = upper ? i / W : 0; c0 < nchunks; c0 += kChunks) {
       const int64_t col = c0 * W;
       T* o = out + i * Mp + col;
@@ -89,10 +104,10 @@ LVMFAST_INLINE void gemm(T* out, int64_t rows, int64_t Mp, const T* l1, int64_t 
       const T* b2 = r2 != nullptr ? r2 + col : nullptr;
       const T* xb = x != nullptr ? x + i * Mp + col : nullptr;
       switch (std::min<int64_t>(kChunks, nchunks - c0)) {
-        case 1: gemm_block<T, 1>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
-        case 2: gemm_block<T, 2>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
-        case 3: gemm_block<T, 3>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
-        default: gemm_block<T, 4>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        case 1: gemm_block<T, R, 1>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        case 2: gemm_block<T, R, 2>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        case 3: gemm_block<T, kRows, 3>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        default: gemm_block<T, kRows, 4>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
       }
     }
   }
@@ -100,16 +115,46 @@ LVMFAST_INLINE void gemm(T* out, int64_t rows, int64_t Mp, const T* l1, int64_t 
 
 struct Dims {
   int64_t D, M, Dr, Mp;  // true and padded sizes
+  int rows;              // rows per micro-kernel block: Dr and Mp are multiples of it
 };
+
+// out = alpha * (L1 R1 [+ L2 R2]) + beta X with the dims' row blocking (see rows_per_block).
+template <typename T>
+LVMFAST_INLINE void gemm(T* out, int64_t rows, const Dims& d, const T* l1, int64_t lr1, int64_t lk1,
+                         const T* r1, int64_t K1, const T* l2, int64_t lr2, int64_t lk2,
+                         const T* r2, int64_t K2, T alpha, T beta, const T* x, bool upper) {
+  if (d.rows == kWideRows)
+    gemm_rows<T, kWideRows>(out, rows, d.Mp, l1, lr1, lk1, r1, K1, l2, lr2, lk2, r2, K2, alpha, beta, x, upper);
+  else
+    gemm_rows<T, kRows>(out, rows, d.Mp, l1, lr1, lk1, r1, K1, l2, lr2, lk2, r2, K2, alpha, beta, x, upper);
+}
 
 // A = Q^T Q (Mp x Mp, symmetric: the block upper triangle is computed and mirrored).
 template <typename T>
 LVMFAST_INLINE void gram(const T* q, T* a, const Dims& d) {
   constexpr int W = Simd<T>::width;
-  gemm<T>(a, d.Mp, d.Mp, q, 1, d.Mp, q, d.Dr, static_cast<const T*>(nullptr), 0, 0,
+  gemm<T>(a, d.Mp, d, q, 1, d.Mp, q, d.Dr, static_cast<const T*>(nullptr), 0, 0,
           static_cast<const T*>(nullptr), 0, T(1), T(0), static_cast<const T*>(nullptr), true);
   for (int64_t i = 0; i < d.Mp; ++i)
     for (int64_t j = 0; j < (i / W) * W; ++j) a[i * d.Mp + j] = a[j * d.Mp + i];
+}
+
+// ||A - I||_F^2 over the true M x M block (the padding of A is zero), a vector per row chunk:
+// the scalar double loop cost as much as the products themselves for M = 16.
+template <typename T>
+LVMFAST_INLINE T distance_to_identity2(const T* a, const Dims& d) {
+  using V = typename Simd<T>::vec;
+  constexpr int W = Simd<T>::width;
+  V acc = {};
+  for (int64_t i = 0; i < d.M; ++i)
+    for (int64_t c = 0; c < d.Mp / W; ++c) {
+      V v = load(a + i * d.Mp + c * W);
+      if (c == i / W) v[i % W] -= T(1);
+      acc += v * v;
+    }
+  T sum = 0;
+  for (int l = 0; l < W; ++l) sum += acc[l];
+  return sum;
 }
 
 // The forward of one matrix whose padded copy is in qs[0]. keep: iterate j is in qs + j * QS
@@ -125,35 +170,38 @@ LVMFAST_INLINE int64_t run_forward_impl(T* qs, T* as, const Dims& d, int64_t max
     T* qn = qs + (keep ? k + 1 : (k + 1) % 2) * QS;
     T* a = as + (keep ? k : 0) * AS;
     gram(q, a, d);
-    T err2 = 0;
-    for (int64_t i = 0; i < d.M; ++i)
-      for (int64_t j = 0; j < d.M; ++j) {
-        const T e = a[i * d.Mp + j] - (i == j ? T(1) : T(0));
-        err2 += e * e;
-      }
-    if (!(err2 > tol2)) break;  // converged (or not a number): this matrix stops here
+    if (!(distance_to_identity2(a, d) > tol2)) break;  // converged (or not a number): this matrix stops here
     // Q_{j+1} = 1.5 Q - 0.5 Q A
-    gemm<T>(qn, d.Dr, d.Mp, q, d.Mp, 1, a, d.M, static_cast<const T*>(nullptr), 0, 0,
+    gemm<T>(qn, d.Dr, d, q, d.Mp, 1, a, d.M, static_cast<const T*>(nullptr), 0, 0,
             static_cast<const T*>(nullptr), 0, T(-0.5), T(1.5), q, false);
   }
   return k;
 }
 
 // G_k = gq; for j = k-1..0: S = Q_j^T G, G <- 1.5 G - 0.5 (G A_j + Q_j (S + S^T)). Result in gq.
+// S + S^T: for one vector a row (M <= W) the two-product gemm Q^T G + G^T Q costs less than a
+// scalar transpose; wider S is computed once and summed with its transpose on the triangle.
 template <typename T>
 LVMFAST_INLINE void run_backward_impl(const T* qs, const T* as, int64_t k, T* gq, T* gtmp, T* s,
                                       T* ssym, const Dims& d) {
+  constexpr int W = Simd<T>::width;
   const int64_t QS = d.Dr * d.Mp, AS = d.Mp * d.Mp;
   T* g = gq;
   T* gn = gtmp;
   for (int64_t j = k - 1; j >= 0; --j) {
     const T* q = qs + j * QS;
     const T* a = as + j * AS;
-    gemm<T>(s, d.Mp, d.Mp, q, 1, d.Mp, g, d.Dr, static_cast<const T*>(nullptr), 0, 0,
-            static_cast<const T*>(nullptr), 0, T(1), T(0), static_cast<const T*>(nullptr), false);
-    for (int64_t i = 0; i < d.Mp; ++i)
-      for (int64_t c = 0; c < d.Mp; ++c) ssym[i * d.Mp + c] = s[i * d.Mp + c] + s[c * d.Mp + i];
-    gemm<T>(gn, d.Dr, d.Mp, g, d.Mp, 1, a, d.M, q, d.Mp, 1, ssym, d.M, T(-0.5), T(1.5), g, false);
+    if (d.Mp == W) {
+      gemm<T>(ssym, d.Mp, d, q, 1, d.Mp, g, d.Dr, g, 1, d.Mp, q, d.Dr, T(1), T(0),
+              static_cast<const T*>(nullptr), false);
+    } else {
+      gemm<T>(s, d.Mp, d, q, 1, d.Mp, g, d.Dr, static_cast<const T*>(nullptr), 0, 0,
+              static_cast<const T*>(nullptr), 0, T(1), T(0), static_cast<const T*>(nullptr), false);
+      for (int64_t i = 0; i < d.Mp; ++i)
+        for (int64_t c = i; c < d.Mp; ++c)
+          ssym[i * d.Mp + c] = ssym[c * d.Mp + i] = s[i * d.Mp + c] + s[c * d.Mp + i];
+    }
+    gemm<T>(gn, d.Dr, d, g, d.Mp, 1, a, d.M, q, d.Mp, 1, ssym, d.M, T(-0.5), T(1.5), g, false);
     std::swap(g, gn);
   }
   if (g != gq) std::memcpy(gq, g, sizeof(T) * QS);
@@ -187,8 +235,9 @@ void pad_out(const T* src, T* dst, const Dims& d) {
 template <typename T>
 Dims dims_of(const at::Tensor& q) {
   const int64_t D = q.size(-2), M = q.size(-1), W = Simd<T>::width;
-  return {D, M, std::max<int64_t>(kRows, (D + kRows - 1) / kRows * kRows),
-          std::max<int64_t>(W, (M + W - 1) / W * W)};
+  const int64_t Mp = std::max<int64_t>(W, (M + W - 1) / W * W);
+  const int rows = rows_per_block(Mp / W);  // W >= 8 = kWideRows, so Mp is a multiple too
+  return {D, M, std::max<int64_t>(rows, (D + rows - 1) / rows * rows), Mp, rows};
 }
 
 void check_cpu(const char* op, const at::Tensor& q) {
