@@ -25,46 +25,6 @@ namespace {
 
 constexpr int kRows = 6;  // rows per register block: 6 x W accumulators stay in registers
 
-// exp for a vector, accurate to ~2 ulp for float, using only arithmetic the
-// compiler vectorizes: x = n ln2 + r, exp(r) by a polynomial, 2^n by exponent bits.
-// Inputs below the underflow threshold (including -inf) give exactly 0.
-LVMFAST_INLINE Simd<float>::vec vexp(Simd<float>::vec x) {
-  using V = Simd<float>::vec;
-  typedef int32_t VI __attribute__((vector_size(64)));
-  const VI lo = x < -87.0f;  // all ones where the result underflows
-  x = x < -87.0f ? V{} - 87.0f : x;
-  x = x > 88.0f ? V{} + 88.0f : x;
-  V n = x * 1.44269504088896341f + 0.5f;
-  VI ni = __builtin_convertvector(n, VI);
-  ni -= (VI)(n < __builtin_convertvector(ni, V)) & 1;  // floor for negative n
-  const V fn = __builtin_convertvector(ni, V);
-  V r = x - fn * 0.693359375f;
-  r = r + fn * 2.12194440e-4f;
-  V p = 1.9875691500e-4f + V{};
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  VI bits = (ni + 127) << 23;
-  V scale;
-  std::memcpy(&scale, &bits, sizeof(V));
-  V y = p * scale;
-  VI ybits;
-  std::memcpy(&ybits, &y, sizeof(V));
-  ybits &= ~lo;
-  std::memcpy(&y, &ybits, sizeof(V));
-  return y;
-}
-
-// Double inputs are the accuracy path (tests, float64 users): exact libm exp.
-LVMFAST_INLINE Simd<double>::vec vexp(Simd<double>::vec x) {
-  Simd<double>::vec y;
-  for (int i = 0; i < Simd<double>::width; ++i) y[i] = std::exp(x[i]);
-  return y;
-}
-
 template <typename T>
 LVMFAST_INLINE T hmax(typename Simd<T>::vec v) {
   T m = v[0];

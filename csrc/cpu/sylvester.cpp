@@ -143,7 +143,8 @@ LVMFAST_INLINE void apply_q_add(const Args<T>& p, const T* Q, const T* base, con
 // a = R2 y + b (upper triangle only), h = tanh(a).
 template <typename T>
 LVMFAST_INLINE void hidden(const T* R2, const T* bv, const T* y, T* h, int64_t M) {
-  for (int64_t m = 0; m < M; ++m) h[m] = std::tanh(dot(R2 + m * M + m, y + m, M - m) + bv[m]);
+  for (int64_t m = 0; m < M; ++m) h[m] = dot(R2 + m * M + m, y + m, M - m) + bv[m];
+  tanh_inplace(h, M);
 }
 
 // scratch: 3 M elements.
