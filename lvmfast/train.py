@@ -35,8 +35,8 @@ TRAINING_DEFAULTS = {
 def resolved_settings(args) -> dict:
     """epochs, lr, patience, optimizer and KL warm-up: the command line's, else the model's defaults."""
     out = dict(TRAINING_DEFAULTS[args.model])
-    for key in ("epochs", "lr", "patience"):
-        if getattr(args, key) is not None:
+    for key in ("epochs", "lr", "patience", "optimizer"):
+        if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     out["warmup"] = args.warmup if args.warmup is not None else (100 if args.posterior == "vmf" else 0)
     return out
@@ -69,6 +69,38 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-pictures", action="store_true")
+    g = p.add_argument_group("VAE likelihood, regularization and objective",
+                             "opt-in (--model vae); the defaults are the book's model")
+    g.add_argument("--likelihood", default="categorical", choices=("categorical", "discretized-logistic"),
+                   help="p(x|z) per pixel: a categorical over the grey levels (default) or a mixture of "
+                        "--likelihood-components discretized logistics over them (ordinal, 3 outputs per component)")
+    g.add_argument("--likelihood-components", type=int, default=3,
+                   help="mixture components of the discretized-logistic likelihood (default 3)")
+    g.add_argument("--layers", type=int, default=2,
+                   help="hidden layers in the encoder and in the decoder MLP (default 2)")
+    g.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout probability after every hidden activation of the encoder and decoder "
+                        "(default 0: off)")
+    g.add_argument("--batch-norm", action="store_true",
+                   help="BatchNorm after every hidden activation of the encoder and decoder (default off)")
+    g.add_argument("--objective", default="elbo", choices=("elbo", "iwae"),
+                   help="training loss: the negative ELBO (default) or the negative importance-weighted "
+                        "bound with --train-samples K samples")
+    g.add_argument("--train-samples", type=int, default=1,
+                   help="K posterior samples per data point in the training loss (default 1; with --objective "
+                        "elbo the ELBO is averaged over them)")
+    g.add_argument("--weight-decay", type=float, default=0.0,
+                   help="L2 weight decay of the optimizer (default 0; with --optimizer adamw decoupled)")
+    g.add_argument("--optimizer", choices=("adamax", "adam", "adamw"),
+                   help="optimizer (default per model: Adamax for the VAE family)")
+    g.add_argument("--val-iwae-samples", type=int, default=0,
+                   help="early-stop on the validation negative IWAE bound with this many samples instead of the "
+                        "5-sample validation negative ELBO (default 0: the ELBO)")
+    g.add_argument("--lr-decay", type=float, default=1.0,
+                   help="multiply the learning rate by this factor when the validation criterion has not improved "
+                        "for --lr-decay-patience epochs (ReduceLROnPlateau; default 1: constant rate)")
+    g.add_argument("--lr-decay-patience", type=int, default=10,
+                   help="epochs without improvement before a --lr-decay step (default 10)")
 
 
 def build_model(args, data: Splits):
@@ -85,6 +117,7 @@ def build_model(args, data: Splits):
         kwargs = {} if args.steps is None else {"T": args.steps}
         return cls(data_dim=data.dim, levels=data.levels, hidden=args.hidden, **kwargs)
     from lvmfast.models import VAE
+    from lvmfast.nn.likelihoods import make_likelihood
 
     prior_kwargs = {}
     if args.components is not None:
@@ -93,7 +126,17 @@ def build_model(args, data: Splits):
         elif args.prior in ("gtm", "gtm-vampprior"):
             prior_kwargs["points_per_side"] = max(1, round(math.sqrt(args.components)))
     return VAE(data_dim=data.dim, latent_dim=args.latent_dim, hidden=args.hidden, levels=data.levels,
-               prior=args.prior, posterior=args.posterior, init_data=data.train, prior_kwargs=prior_kwargs)
+               prior=args.prior, posterior=args.posterior, init_data=data.train, prior_kwargs=prior_kwargs,
+               likelihood=make_likelihood(args.likelihood, data.dim, data.levels, args.likelihood_components),
+               layers=args.layers, dropout=args.dropout, batch_norm=args.batch_norm, objective=args.objective,
+               train_samples=args.train_samples)
+
+
+# The VAE-only options of add_arguments and their defaults (other models reject other values).
+VAE_OPTIONS = {"likelihood": "categorical", "likelihood_components": 3, "layers": 2, "dropout": 0.0,
+               "batch_norm": False, "objective": "elbo", "train_samples": 1}
+# Options of `fit` that the DDPM's own loop does not have (it rejects other values).
+FIT_OPTIONS = {"optimizer": None, "weight_decay": 0.0, "val_iwae_samples": 0, "lr_decay": 1.0}
 
 
 def _batches(x, batch_size, generator):
@@ -102,9 +145,18 @@ def _batches(x, batch_size, generator):
 
 
 def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20, warmup=0,
-        device="cpu", seed=0, progress=True, val_samples=5, optimizer="adamax", rank=0, world=1):
-    """Adamax (or Adam) on the negative ELBO with early stopping on the validation negative ELBO;
+        device="cpu", seed=0, progress=True, val_samples=5, optimizer="adamax", rank=0, world=1,
+        weight_decay=0.0, val_iwae_samples=0, lr_decay=1.0, lr_decay_patience=10):
+    """Adamax (or Adam, AdamW) on the model's training loss (`model(x, beta=...)`, the negative
+    ELBO by default) with early stopping on the validation negative ELBO (`val_samples` draws);
     returns (history, best_epoch) and leaves the best weights in `model`.
+
+    Opt-in: `weight_decay` for the optimizer; `val_iwae_samples` > 0 early-stops on the validation
+    negative IWAE bound with that many samples instead (the history then also has `val_nll_iwae`,
+    and `val_neg_elbo` comes from the same draws); `lr_decay` < 1 multiplies the learning rate by
+    it after `lr_decay_patience` epochs without a better validation criterion. The history's
+    `train_neg_elbo` is the mean training loss of the epoch (the negative IWAE bound for a VAE
+    trained with `objective="iwae"`).
 
     With world > 1 (under torchrun, the process group already initialized) the model is wrapped
     in DistributedDataParallel and every batch of `batch_size` is split across the processes, so
@@ -112,7 +164,11 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
     process takes the same early-stopping decision.
     """
     gen = torch.Generator().manual_seed(seed)  # the same batch order in every process
-    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.Adamax)(model.parameters(), lr=lr)
+    opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(optimizer, torch.optim.Adamax)
+    opt = (opt_class(model.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay or optimizer == "adamw"
+           else opt_class(model.parameters(), lr=lr))
+    scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=lr_decay, patience=lr_decay_patience)
+                 if lr_decay < 1.0 else None)
     train, val = data.train.to(device), data.val.to(device)
     net, val = for_processes(model, val, rank, world)
     best, best_state, best_epoch, history = math.inf, None, 0, []
@@ -132,12 +188,26 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
             total += loss.item() * xb.shape[0]
         seconds = time.perf_counter() - t0
         model.eval()
-        with torch.no_grad():
-            val_total = -model.elbo(val, num_samples=val_samples).sum().item()
-        total, val_total = _sum_across(world, device, total, val_total)
-        val_loss = val_total / data.val.shape[0]
-        history.append({"epoch": epoch, "train_neg_elbo": total / train.shape[0], "val_neg_elbo": val_loss,
+        if val_iwae_samples > 0:
+            from lvmfast.estimators import importance_sampling
+
+            val_nll, val_elbo = importance_sampling(model, val, val_iwae_samples)
+            total, val_total, val_nll = _sum_across(world, device, total, val_elbo.sum().item(), val_nll.sum().item())
+            val_nll /= data.val.shape[0]
+        else:
+            with torch.no_grad():
+                val_total = -model.elbo(val, num_samples=val_samples).sum().item()
+            total, val_total = _sum_across(world, device, total, val_total)
+        val_elbo_loss = val_total / data.val.shape[0]
+        val_loss = val_nll if val_iwae_samples > 0 else val_elbo_loss
+        history.append({"epoch": epoch, "train_neg_elbo": total / train.shape[0], "val_neg_elbo": val_elbo_loss,
                         "beta": beta, "seconds": seconds})
+        if val_iwae_samples > 0:
+            history[-1]["val_nll_iwae"] = val_nll
+        if scheduler is not None:
+            history[-1]["lr"] = opt.param_groups[0]["lr"]
+            if epoch >= warmup:
+                scheduler.step(val_loss)
         if not math.isfinite(val_loss):
             raise FloatingPointError(f"validation ELBO is {val_loss} at epoch {epoch}")
         if val_loss < best:
@@ -303,6 +373,16 @@ def run(args) -> int:
     if args.model != "vae" and (args.prior != "standard" or args.posterior != "gaussian"):
         print("lvmfast train: --prior and --posterior apply to --model vae only", file=sys.stderr)
         return 2
+    changed = [k for k, v in VAE_OPTIONS.items() if getattr(args, k) != v]
+    if args.model != "vae" and changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        print(f"lvmfast train: {flags} apply to --model vae only", file=sys.stderr)
+        return 2
+    changed = [k for k, v in FIT_OPTIONS.items() if getattr(args, k) != v]
+    if args.model == "ddpm" and changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        print(f"lvmfast train: {flags} do not apply to --model ddpm", file=sys.stderr)
+        return 2
     import lvmfast
     from lvmfast.estimators import importance_sampling
 
@@ -335,7 +415,9 @@ def run(args) -> int:
                                       batch_size=args.batch_size, patience=settings["patience"],
                                       warmup=settings["warmup"], device=device, seed=args.seed,
                                       progress=not args.no_progress, optimizer=settings["optimizer"],
-                                      rank=rank, world=world)
+                                      rank=rank, world=world, weight_decay=args.weight_decay,
+                                      val_iwae_samples=args.val_iwae_samples, lr_decay=args.lr_decay,
+                                      lr_decay_patience=args.lr_decay_patience)
         train_seconds = time.perf_counter() - t0
         in_step = True
         if world > 1:
@@ -373,6 +455,8 @@ def run(args) -> int:
     metrics = {
         "model": args.model, "prior": args.prior, "posterior": args.posterior, "seed": args.seed,
         "latent_dim": args.latent_dim, **settings, "kl_warmup_epochs": settings["warmup"],
+        **({k: getattr(args, k) for k in (*VAE_OPTIONS, "weight_decay", "val_iwae_samples", "lr_decay",
+                                         "lr_decay_patience")} if args.model == "vae" else {}),
         "test_nll_iwae": nll.mean().item(), "iwae_samples": args.iwae_samples,
         "test_neg_elbo": neg_elbo.mean().item(), **extra, "epochs": history[-1]["epoch"], "best_epoch": best_epoch,
         "best_val_neg_elbo": min(h["val_neg_elbo"] for h in history),

@@ -198,3 +198,45 @@ def test_new_flags_rejected_for_other_models(tmp_path, capsys):
 
     assert main(["train", "--model", "two-level", "--dropout", "0.1", "--out", str(tmp_path / "x")]) == 2
     assert "--dropout apply to --model vae only" in capsys.readouterr().err
+
+
+def test_discretized_logistic_likelihood_is_a_distribution_over_the_levels():
+    from lvmfast.nn.likelihoods import DiscretizedLogisticMixtureLikelihood, make_likelihood
+
+    lik = make_likelihood("discretized-logistic", 5, levels=17, components=3)
+    assert isinstance(lik, DiscretizedLogisticMixtureLikelihood) and lik.params_per_dim == 9
+    for scale in (1.0, 5.0, 30.0):  # sharp and flat logistics, means far outside [-1, 1]
+        out = torch.randn(4, 7, 5 * 9) * scale
+        lp = lik.level_log_probs(out)
+        assert lp.shape == (4, 7, 5, 17) and torch.isfinite(lp).all()
+        torch.testing.assert_close(lp.exp().sum(-1), torch.ones(4, 7, 5), atol=1e-4, rtol=0)
+        x = torch.randint(17, (7, 5))
+        expected = lp.gather(-1, x.expand(4, 7, 5).unsqueeze(-1)).squeeze(-1).sum(-1)
+        torch.testing.assert_close(lik.log_prob(x, out), expected)
+    # one component, the logistic centred on level 8 with a tiny scale: (nearly) all mass there
+    out = torch.zeros(1, 3)
+    out[0, 2] = -7.0
+    assert lik.__class__(1, 17, 1).level_log_probs(out)[0, 0].argmax() == 8
+    s = lik.sample(torch.randn(10, 45), generator=torch.Generator().manual_seed(0))
+    assert s.shape == (10, 5) and s.dtype == torch.long and s.min() >= 0 and s.max() <= 16
+    assert lik.mode(torch.randn(3, 45)).shape == (3, 5)
+
+
+def test_vae_with_discretized_logistic_likelihood_trains():
+    from lvmfast.nn.likelihoods import make_likelihood
+
+    x = torch.randint(17, (32, 64))
+    model = VAE(hidden=32, latent_dim=4, likelihood=make_likelihood("discretized-logistic", 64, 17, 2))
+    assert model.decoder[-1].out_features == 64 * 6
+    loss = model(x)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.log_importance_weights(x[:3], 4).shape == (4, 3)
+    assert model.sample(5).shape == (5, 64)
+
+
+def test_ddpm_rejects_the_fit_options(tmp_path, capsys):
+    from lvmfast.cli import main
+
+    assert main(["train", "--model", "ddpm", "--weight-decay", "0.1", "--out", str(tmp_path / "x")]) == 2
+    assert "--weight-decay do not apply to --model ddpm" in capsys.readouterr().err

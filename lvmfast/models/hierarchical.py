@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from lvmfast.models.vae import mlp
+from lvmfast.models.vae import BatchNormLast as _BatchNorm, mlp
 from lvmfast.nn.likelihoods import Likelihood, make_likelihood
 
 __all__ = ["TopDownVAE", "TwoLevelVAE", "gaussian_kl", "residual_gaussian_kl"]
@@ -55,20 +55,6 @@ def _reparameterize(mu, logvar, num_samples=None, generator=None):
     shape = mu.shape if num_samples is None else (num_samples, *mu.shape)
     eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + torch.exp(0.5 * logvar) * eps, -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
-
-
-class _BatchNorm(nn.BatchNorm1d):
-    """BatchNorm1d over the last dimension of (..., C) inputs, such as (S, B, C) sample batches."""
-
-    def forward(self, h):
-        flat = h.reshape(-1, h.shape[-1])
-        if self.training and flat.shape[0] < 2:
-            # a batch of one (the last one of an epoch, say) has no batch statistics: use the running ones
-            out = nn.functional.batch_norm(flat, self.running_mean, self.running_var, self.weight, self.bias,
-                                           training=False, eps=self.eps)
-        else:
-            out = super().forward(flat)
-        return out.reshape(h.shape)
 
 
 def _mlp(sizes, final_activation, batch_norm):

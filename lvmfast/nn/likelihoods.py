@@ -1,4 +1,5 @@
-"""Likelihoods p(x|z) for VAE decoders: categorical (grey levels), Bernoulli and Gaussian.
+"""Likelihoods p(x|z) for VAE decoders: categorical (grey levels), discretized logistic mixture
+(grey levels), Bernoulli and Gaussian.
 
 A likelihood knows how many decoder outputs it needs per data dimension (`params_per_dim`),
 how to scale data for the encoder (`preprocess`), its log-probability summed over the data
@@ -96,10 +97,72 @@ class GaussianLikelihood(Likelihood):
         return out
 
 
-LIKELIHOODS = ("categorical", "bernoulli", "gaussian")
+class DiscretizedLogisticMixtureLikelihood(Likelihood):
+    """Independent pixels, each a mixture of `components` discretized logistics over the grey
+    levels 0 .. levels - 1 (as PixelCNN++ does for 256 levels): the levels are mapped to
+    [-1, 1]; level k gets the logistic mass of [x_k - h, x_k + h], h = 1 / (levels - 1), and the
+    two end levels the tails. An ordinal likelihood: 3 `components` decoder outputs per pixel
+    (mixture logits, means, log-scales) instead of `levels`, and neighbouring grey levels share
+    their probability smoothly. The encoder sees the grey levels as they are (as for the
+    categorical likelihood)."""
+
+    def __init__(self, data_dim: int, levels: int = 17, components: int = 3):
+        super().__init__(data_dim)
+        if levels < 2 or components < 1:
+            raise ValueError(f"need levels >= 2 and components >= 1, got {levels}, {components}")
+        self.levels, self.components = levels, components
+        self.params_per_dim = 3 * components
+        self.input_range = (0.0, float(levels - 1))
+
+    def _params(self, out):
+        out = out.reshape(*out.shape[:-1], self.data_dim, 3, self.components)
+        return torch.log_softmax(out[..., 0, :], -1), out[..., 1, :], out[..., 2, :].clamp_min(-7.0)
+
+    def _level_log_probs(self, x, log_w, mu, log_s):
+        """log p(level x) per pixel, x (..., D, 1) broadcast against the (..., D, M) parameters."""
+        h = 1.0 / (self.levels - 1)
+        xs = 2.0 * h * x.to(mu.dtype) - 1.0
+        centered, inv_s = xs - mu, torch.exp(-log_s)
+        plus_in, min_in = inv_s * (centered + h), inv_s * (centered - h)
+        log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigmoid(plus_in): level 0
+        log_one_minus_cdf_min = -F.softplus(min_in)  # log (1 - sigmoid(min_in)): the top level
+        # sigmoid(a) - sigmoid(b) computed on the side of the logistic where it does not cancel
+        delta = torch.where(centered > 0, torch.sigmoid(-min_in) - torch.sigmoid(-plus_in),
+                            torch.sigmoid(plus_in) - torch.sigmoid(min_in))
+        mid_in = inv_s * centered
+        log_pdf_mid = mid_in - log_s - 2.0 * F.softplus(mid_in) + math.log(2.0 * h)
+        log_mid = torch.where(delta > 1e-5, torch.log(delta.clamp_min(1e-12)), log_pdf_mid)
+        lp = torch.where(x == 0, log_cdf_plus, torch.where(x == self.levels - 1, log_one_minus_cdf_min, log_mid))
+        return torch.logsumexp(lp + log_w, -1)
+
+    def log_prob(self, x, out):
+        log_w, mu, log_s = self._params(out)
+        x = x.long().expand(*out.shape[:-1], self.data_dim).unsqueeze(-1)
+        return self._level_log_probs(x, log_w, mu, log_s).sum(-1)
+
+    def level_log_probs(self, out):
+        """log p(x_d = k) for every level k: (..., D, levels) (sums to one over k)."""
+        log_w, mu, log_s = self._params(out)
+        k = torch.arange(self.levels, device=out.device).view(self.levels, *([1] * (mu.dim() - 1)), 1)
+        lp = self._level_log_probs(k, log_w.unsqueeze(0), mu.unsqueeze(0), log_s.unsqueeze(0))
+        return lp.movedim(0, -1)
+
+    def sample(self, out, generator=None):
+        logits = self.level_log_probs(out)
+        u = torch.rand(logits.shape, generator=generator, device=out.device, dtype=out.dtype)
+        return (logits - torch.log(-torch.log(u.clamp_min(1e-20)))).argmax(-1)  # Gumbel-max
+
+    def mode(self, out):
+        return self.level_log_probs(out).argmax(-1)
 
 
-def make_likelihood(name: str, data_dim: int, levels: int = 17) -> Likelihood:
+LIKELIHOODS = ("categorical", "bernoulli", "gaussian", "discretized-logistic")
+
+
+def make_likelihood(name: str, data_dim: int, levels: int = 17, components: int = 3) -> Likelihood:
+    """`components`: mixture components of the discretized logistic (other likelihoods ignore it)."""
+    if name == "discretized-logistic":
+        return DiscretizedLogisticMixtureLikelihood(data_dim, levels, components)
     if name == "categorical":
         return CategoricalLikelihood(data_dim, levels)
     if name == "bernoulli":
