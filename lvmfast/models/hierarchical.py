@@ -14,17 +14,16 @@ Both follow `lvmfast.models.VAE`'s interface (forward, elbo, log_importance_weig
 encode) and add `kl_per_layer(x)`. All S samples per data point are drawn at once, as (S, B, L)
 tensors. The MLPs use BatchNorm by default (`batch_norm=True`, as the book's code does): on the
 digits, without it both models' top layer collapses (KL ~0.1 nats) and their test NLL is
-2.5-3 nats worse (see `_mlp`).
+2.5-3 nats worse (see `_HierarchicalVAE._mlp`).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 from torch import nn
 
-from lvmfast.models.vae import BatchNormLast as _BatchNorm, mlp
+from lvmfast.models.vae import _eval_mode, mlp
 from lvmfast.nn.likelihoods import Likelihood, make_likelihood
 
 __all__ = ["TopDownVAE", "TwoLevelVAE", "gaussian_kl", "residual_gaussian_kl"]
@@ -57,31 +56,6 @@ def _reparameterize(mu, logvar, num_samples=None, generator=None):
     return mu + torch.exp(0.5 * logvar) * eps, -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)
 
 
-def _mlp(sizes, final_activation, batch_norm):
-    """`lvmfast.models.vae.mlp`, with BatchNorm after every activation when `batch_norm` (as the
-    book's hierarchical VAE code does). On the digits it is what makes these models generalize:
-    in the decoder it regularizes (test NLL), in the top-down path it keeps the top layer from
-    collapsing (see TopDownVAE)."""
-    if not batch_norm:
-        return mlp(sizes, final_activation)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if final_activation or i < len(sizes) - 2:
-            layers += [nn.LeakyReLU(), _BatchNorm(b)]
-    return nn.Sequential(*layers)
-
-
-@contextlib.contextmanager
-def _eval_mode(module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
 def _chunk(t):
     """(mean, log-variance) halves of a network's output."""
     return t.chunk(2, dim=-1)
@@ -112,7 +86,11 @@ class _HierarchicalVAE(nn.Module):
         return self.likelihood.preprocess(x).to(self._device_dtype()[1])
 
     def _mlp(self, sizes, final_activation=False):
-        return _mlp(sizes, final_activation, self.batch_norm)
+        """`mlp` with BatchNorm after every activation when `batch_norm` (as the book's hierarchical
+        VAE code does). On the digits it is what makes these models generalize: in the decoder it
+        regularizes (test NLL), in the top-down path it keeps the top layer from collapsing (see
+        TopDownVAE)."""
+        return mlp(sizes, final_activation, batch_norm=self.batch_norm)
 
     @property
     def layer_names(self) -> list[str]:
