@@ -2,7 +2,7 @@
 // step, the whole iteration in L1/L2-resident thread-local buffers. The math is in
 // csrc/orthogonal.h.
 //
-// Each matrix is copied into a zero-padded (Dr x Mp) buffer (Dr: D rounded up to kRows,
+// Each matrix is copied into a zero-padded (Dr x Mp) buffer (Dr: D rounded up to the row block,
 // Mp: M rounded up to the vector width), so every product below is a register-blocked
 // micro-kernel over full vectors: zero rows and columns do not change Q^T Q or Q A.
 // Per step: A = Q^T Q (upper block triangle only, then mirrored: ~D M^2 / 2 multiply-adds
