@@ -1,0 +1,70 @@
+"""The benchmark tooling: the harness's rows and `benchmarks/floors.py`'s floors and table."""
+import importlib.util
+import json
+import pathlib
+
+import pytest
+import torch
+
+from lvmfast.bench import harness
+
+_FLOORS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "floors.py"
+
+
+def _floors():
+    spec = importlib.util.spec_from_file_location("floors", _FLOORS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_case_rows_and_ratios_on_the_cpu():
+    def make(scale):
+        def build():
+            x = torch.randn(64, 64, requires_grad=True)
+            return (lambda: (x * scale).sin()), [x]
+        return build
+
+    case = harness.Case("toy", "s", {"B": 64}, [harness.Candidate("base", make(2.0), is_baseline=True),
+                                               harness.Candidate("other", make(3.0))])
+    rows = harness.run_case(case, torch.device("cpu"), budget_s=0.01, log=lambda *_: None)
+    assert [(r["candidate"], r["mode"]) for r in rows] == [
+        ("base", "fwd"), ("base", "fwd+bwd"), ("other", "fwd"), ("other", "fwd+bwd")]
+    for r in rows:
+        assert r["median_s"] > 0 and r["p20_s"] <= r["median_s"] <= r["p80_s"]
+        assert "device_busy_s" not in r  # a GPU-only measure
+    base = {r["mode"]: r["median_s"] for r in rows if r["candidate"] == "base"}
+    for r in rows:
+        assert r["speedup_vs_baseline"] == pytest.approx(base[r["mode"]] / r["median_s"])
+
+
+def test_floor_table_uses_wall_and_kernel_time(tmp_path):
+    floors = _floors()
+    # householder_flow fwd: reads z and v, writes out (float32); 6 flops per (b, t, l)
+    B, T, L = 8192, 10, 64
+    row = {"op": "householder_flow", "shape": "flow", "B": B, "T": T, "L": L, "mode": "fwd",
+           "candidate": "lvmfast[native]", "median_s": 0.1, "device_busy_s": 0.05, "speedup_vs_baseline": 3.0}
+    nbytes, flops = floors.work(row)
+    assert nbytes == 4 * (B * L + B * T * L + B * L) and flops == 6 * B * T * L
+    without_busy = dict(row, candidate="lvmfast[triton]")
+    del without_busy["device_busy_s"]
+    bench, ceil = tmp_path / "bench.json", tmp_path / "ceil.json"
+    bench.write_text(json.dumps({"results": [row, without_busy]}))
+    ceil.write_text(json.dumps({"gpu": "test card", "copy_bytes_per_s": 1e9, "fp32_flops_per_s": 1e12}))
+    lines = floors.table(str(bench), str(ceil)).splitlines()
+    native = next(line for line in lines if "lvmfast[native]" in line).split(" | ")
+    triton = next(line for line in lines if "lvmfast[triton]" in line).split(" | ")
+    floor_s = nbytes / 1e9  # memory-bound at these ceilings
+    assert float(native[6]) == pytest.approx(floor_s * 1e3, rel=1e-3) and native[7] == "memory"
+    assert float(native[8]) == pytest.approx(0.1 / floor_s, rel=1e-2)
+    assert float(native[9]) == pytest.approx(0.05 / floor_s, rel=1e-2)
+    assert triton[5] == "–" and triton[9] == "–"
+
+
+@pytest.mark.cuda
+def test_device_busy_time_counts_the_kernels():
+    a = torch.randn(2048, 2048, device="cuda")
+    one = harness.device_busy_s(lambda: a @ a)
+    four = harness.device_busy_s(lambda: [a @ a for _ in range(4)])
+    assert one is not None and one > 0
+    assert 2.5 < four / one < 6
