@@ -119,13 +119,14 @@ LVMFAST_INLINE Simd<double>::vec vexp(Simd<double>::vec x) {
 
 // tanh for a vector: an odd Taylor polynomial (to x^15) below |x| = 0.5, where its truncation
 // error is under 1e-8 relative, and 1 - 2 / (e^{2|x|} + 1) above, where the fraction is at most
-// 0.54 so the subtraction loses no digits; |x| >= 9 gives +-1, as float32 rounds it. About
-// 3 ulp; NaN stays NaN. (libm's scalar tanhf went through expm1f and was a quarter of the
-// Sylvester flow's CPU time.)
+// 0.54 so the subtraction loses no digits. Past |x| = 9.01 the fraction is under half an ulp of
+// 1 and the result rounds to +-1 exactly, as libm's does (the clamp at 10 only keeps exp finite
+// for huge or infinite x). At most 2 ulp; NaN stays NaN. (libm's scalar tanhf went through
+// expm1f and was a quarter of the Sylvester flow's CPU time.)
 LVMFAST_INLINE Simd<float>::vec vtanh(Simd<float>::vec x) {
   using V = Simd<float>::vec;
   const V ax = x < 0.0f ? -x : x;
-  const V e = vexp(2.0f * (ax < 9.0f ? ax : V{} + 9.0f));
+  const V e = vexp(2.0f * (ax < 10.0f ? ax : V{} + 10.0f));
   const V big = 1.0f - 2.0f / (e + 1.0f);
   const V x2 = ax * ax;
   V p = V{} - 929569.0f / 638512875.0f;
