@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lvmfast.data import Splits, load_digits, load_npz
+from lvmfast.estimators import importance_sampling
 
 MODELS = ("vae", "two-level", "top-down", "ddgm", "ddpm")
 DIFFUSION_MODELS = ("ddgm", "ddpm")
@@ -165,8 +166,7 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
     """
     gen = torch.Generator().manual_seed(seed)  # the same batch order in every process
     opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(optimizer, torch.optim.Adamax)
-    opt = (opt_class(model.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay or optimizer == "adamw"
-           else opt_class(model.parameters(), lr=lr))
+    opt = opt_class(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=lr_decay, patience=lr_decay_patience)
                  if lr_decay < 1.0 else None)
     train, val = data.train.to(device), data.val.to(device)
@@ -189,8 +189,6 @@ def fit(model, data: Splits, *, epochs=1000, lr=1e-3, batch_size=64, patience=20
         seconds = time.perf_counter() - t0
         model.eval()
         if val_iwae_samples > 0:
-            from lvmfast.estimators import importance_sampling
-
             val_nll, val_elbo = importance_sampling(model, val, val_iwae_samples)
             total, val_total, val_nll = _sum_across(world, device, total, val_elbo.sum().item(), val_nll.sum().item())
             val_nll /= data.val.shape[0]
@@ -384,7 +382,6 @@ def run(args) -> int:
         print(f"lvmfast train: {flags} do not apply to --model ddpm", file=sys.stderr)
         return 2
     import lvmfast
-    from lvmfast.estimators import importance_sampling
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -376,7 +376,7 @@ def fit_ddpm(model: DDPM, data, *, epochs: int = 200, lr: float = 1e-3, batch_si
 
     With world > 1 (under torchrun) every batch is split across the processes as in
     `lvmfast.train.fit`, and the validation bound is summed across them."""
-    from lvmfast.train import _sum_across, for_processes, progress_bar
+    from lvmfast.train import _batches, _sum_across, for_processes, progress_bar
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.net.parameters(), lr=lr)
@@ -391,9 +391,7 @@ def fit_ddpm(model: DDPM, data, *, epochs: int = 200, lr: float = 1e-3, batch_si
     for epoch in range(1, epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(train.shape[0], generator=gen).to(device)
-        for i in range(0, train.shape[0], batch_size):
-            xb = train[perm[i:i + batch_size]]
+        for xb in _batches(train, batch_size, gen):
             if xb.shape[0] < world:  # a shard would be empty: every process skips it alike
                 continue
             xb = xb.tensor_split(world)[rank]
