@@ -371,11 +371,18 @@ def test_cuda_benchmark_shape_against_reference(backend, kind, shared):
 def test_float32_tanh_elementwise_accuracy(backend, device):
     """With z = 0, R1 = I and Q = I the flow is out = tanh(b): every pre-activation range (tiny,
     around the switch of method near 0.5, saturated, +-inf and NaN) is checked per element
-    against float64, not only relative to the largest value. The CPU kernel's vector tanh is
-    held to 4 ulp everywhere; the GPU kernels (libm tanhf under fast math in CUDA, and
-    1 - 2 / (e^{2x} + 1) in Triton, which cancels for tiny |x|) to 1.2e-7 absolute in h and
-    4.8e-7 in 1 - h^2: at the float32 resolution of the flow's outputs z + R1 h, 40x tighter than
-    the op-level tests' 2e-5."""
+    against float64, not only relative to the largest value. Bounds per kernel, as (ulps of
+    2^-24 |tanh| plus an absolute term in h; absolute term in 1 - h^2 beside 1e-6 relative):
+    the CPU's vector tanh (series below 0.5, 1 - 2 / (e^{2x} + 1) above) 4 ulp. Triton uses the
+    same algorithm and shows 2.2 ulp at these points in the interpreter (numpy; 4.0 in a dense
+    sweep), but its bound is for a GPU, where exp is ex2.approx and fp32 division div.full (~2
+    ulp each): 8 ulp (those errors at worst give 7.5 here, just above 0.5; no GPU has run it).
+    Native CUDA (libm tanhf under fast math) still gets 1.2e-7 absolute in h and 4.8e-7 in
+    1 - h^2: 40x tighter than the op-level tests' 2e-5 at the flow's float32 output scale."""
+    h_ulps, h_abs, gb_abs = {("native", "cpu"): (4, 1e-45, 1e-7),
+                             ("triton", "cpu"): (8, 1e-45, 1e-7),
+                             ("triton", "cuda"): (8, 1e-45, 1e-7),
+                             ("native", "cuda"): (4, 2.0**-23, 2.0**-21)}[backend, device]
     mags = torch.cat([torch.logspace(-8, 1.4, 40), torch.linspace(0.45, 0.55, 11),
                       torch.tensor([0.0, 9.0, 20.0, float("inf")])])
     b = torch.cat([mags, -mags])
@@ -388,12 +395,11 @@ def test_float32_tanh_elementwise_accuracy(backend, device):
     out, _ = run(backend, z, r1, r2, bb)
     exact = torch.tanh(b.double())
     err = (out[0].double().cpu() - exact).abs()
-    cpu_vector_tanh = (backend, device) == ("native", "cpu")
-    bound = 4 * 2.0**-24 * exact.abs() + (1e-45 if cpu_vector_tanh else 2.0**-23)
+    bound = h_ulps * 2.0**-24 * exact.abs() + h_abs
     assert (err <= bound).all(), (b[(err - bound).argmax()], err.max())
     (gb,) = torch.autograd.grad(out.sum(), bb)
     exact_gb = 1 - exact**2  # 1 - h^2 from the float32 h: h's error, doubled near |h| = 1
     gb_err = (gb[0].double().cpu() - exact_gb).abs()
-    assert (gb_err <= 1e-6 * exact_gb + (1e-7 if cpu_vector_tanh else 2.0**-21)).all(), gb_err.max()
+    assert (gb_err <= 1e-6 * exact_gb + gb_abs).all(), gb_err.max()
     nan_out, _ = run(backend, z, r1, r2, torch.full((1, M), float("nan"), **f32))
     assert torch.isnan(nan_out).all()

@@ -29,9 +29,33 @@ _DEVICES = ("cuda", "cpu") if _INTERPRET else ("cuda",)
 
 
 @triton.jit
-def _tanh(x):
-    # 1 - 2 / (exp(2x) + 1): saturates to +-1 without overflow trouble (exp -> inf gives 1).
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+def _tanh(x, ACC: tl.constexpr):
+    # The CPU kernel's vtanh (csrc/cpu/simd.h). 1 - 2 / (e^{2|x|} + 1) alone cancels for small
+    # |x| (error ~eps / |x| relative: all of it below ~1e-7 in float32), so below the switch the
+    # odd Taylor series to x^15 (Horner in x^2) takes over; its truncation, 6e-4 |x|^16 relative,
+    # is 1e-8 at 0.5, under float32's eps but not float64's, so float64 switches at 0.125
+    # (truncation 2e-18; the exp form there costs a few eps relative). |x| is clamped before
+    # exp where tanh has already rounded to 1 (past 9.01 in float32, 19.1 in float64); NaN
+    # stays NaN, +-inf gives +-1.
+    if ACC == tl.float64:
+        switch = 0.125
+        clamp = 20.0
+    else:
+        switch = 0.5
+        clamp = 10.0
+    ax = tl.where(x < 0.0, -x, x)
+    ax = tl.where(ax < clamp, ax, clamp)  # also keeps inf and NaN out of the series (inf - inf)
+    big = 1.0 - 2.0 / (tl.exp(2.0 * ax) + 1.0)
+    x2 = ax * ax
+    p = -929569.0 / 638512875.0 * x2 + 21844.0 / 6081075.0
+    p = p * x2 - 1382.0 / 155925.0
+    p = p * x2 + 62.0 / 2835.0
+    p = p * x2 - 17.0 / 315.0
+    p = p * x2 + 2.0 / 15.0
+    p = p * x2 - 1.0 / 3.0
+    small = ax + ax * x2 * p
+    t = tl.where(ax < switch, small, big)
+    return tl.where(x != x, x, tl.where(x < 0.0, -t, t))
 
 
 @triton.jit
@@ -69,7 +93,7 @@ def _sylvester_fwd_kernel(z_ptr, r1_ptr, r2_ptr, b_ptr, q_ptr, out_ptr, logdet_p
     R2 = _load_upper(r2_ptr + n * r2_bs, offs_m, M, ACC)
     R1 = _load_upper(r1_ptr + n * r1_bs, offs_m, M, ACC)
     bv = tl.load(b_ptr + n * b_bs + offs_m, mask=mask_m, other=0.0).to(ACC)
-    h = _tanh(tl.sum(R2 * y[None, :], 1) + bv)
+    h = _tanh(tl.sum(R2 * y[None, :], 1) + bv, ACC)
     h = tl.where(mask_m, h, 0.0)
     c = tl.sum(R1 * h[None, :], 1)
     d1 = tl.load(r1_ptr + n * r1_bs + offs_m * (M + 1), mask=mask_m, other=0.0).to(ACC)
@@ -124,7 +148,7 @@ def _sylvester_bwd_kernel(g_ptr, gl_ptr, z_ptr, r1_ptr, r2_ptr, b_ptr, q_ptr,
     R2 = _load_upper(r2_ptr + n * r2_bs, offs_m, M, ACC)
     R1 = _load_upper(r1_ptr + n * r1_bs, offs_m, M, ACC)
     bv = tl.load(b_ptr + n * b_bs + offs_m, mask=mask_m, other=0.0).to(ACC)
-    h = tl.where(mask_m, _tanh(tl.sum(R2 * y[None, :], 1) + bv), 0.0)
+    h = tl.where(mask_m, _tanh(tl.sum(R2 * y[None, :], 1) + bv, ACC), 0.0)
     s = 1.0 - h * h
     d1 = tl.load(r1_ptr + n * r1_bs + offs_m * (M + 1), mask=mask_m, other=0.0).to(ACC)
     d2 = tl.load(r2_ptr + n * r2_bs + offs_m * (M + 1), mask=mask_m, other=0.0).to(ACC)
