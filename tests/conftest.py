@@ -52,6 +52,15 @@ def backend_params(op):
     return params
 
 
+@pytest.fixture(scope="session")
+def emulated_cuda():
+    """torch.ops.lvmfast_emulated: the real CUDA sources (kernels/ and csrc/cuda/) compiled against
+    the CPU emulation of tests/cuda_emulator, taking CPU tensors. Built once (about a minute)."""
+    from cuda_emulator import build
+
+    return build.load()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -1,0 +1,100 @@
+"""Builds the CUDA code of lvmfast (kernels/*.cu and their csrc/cuda/ glue, unchanged but for the
+mechanical rewrites below) against the CPU emulation in include/, as a torch extension whose ops
+are `torch.ops.lvmfast_emulated.<op>` on CPU tensors. Tests then run the real CUDA sources here.
+
+Rewrites, on copies in the build folder:
+  * kernels/*.cu: the runtime header included first, as nvcc does; `kernel<<<grid, block, smem, stream>>>(args)` -> `::emu::launch(kernel, grid,
+    block, smem, stream)(args)`; `extern __shared__ ... name[];` -> a pointer to the emulated
+    block's dynamic shared memory. Compiled as C++.
+  * csrc/cuda/*.cpp: registered for the CPU key of the `lvmfast_emulated` library; `is_cuda()`
+    checks accept CPU tensors.
+  * csrc/ops.cpp: the same schemas, under `lvmfast_emulated`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+INCLUDE = Path(__file__).resolve().parent / "include"
+LIBRARY = "lvmfast_emulated"
+FAMILIES = ("sylvester", "householder", "orthogonal", "mixture", "diffusion")
+
+_DYNAMIC_SHARED = re.compile(
+    r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?unsigned\s+char\s+(\w+)\s*\[\s*\]\s*;")
+
+
+def rewrite_launches(source: str) -> str:
+    """`name<targs><<<config>>>(` -> `::emu::launch(name<targs>, config)(`."""
+    out, pos = [], 0
+    while (open_at := source.find("<<<", pos)) != -1:
+        close_at = source.find(">>>", open_at)
+        start, depth = open_at - 1, 0
+        while start >= 0:  # back over the kernel's name and its template arguments
+            c = source[start]
+            if c == ">":
+                depth += 1
+            elif c == "<":
+                depth -= 1
+            elif depth == 0 and not (c.isalnum() or c in "_:"):
+                break
+            start -= 1
+        name = source[start + 1:open_at]
+        out.append(source[pos:start + 1] + f"::emu::launch({name}, {source[open_at + 3:close_at]})")
+        pos = close_at + 3
+    out.append(source[pos:])
+    return "".join(out)
+
+
+def rewrite_kernel(source: str) -> str:
+    source = _DYNAMIC_SHARED.sub(r"unsigned char* \1 = emulated_dynamic_shared();", source)
+    # nvcc includes the runtime header implicitly
+    return "#include <cuda_runtime.h>\n" + rewrite_launches(source)
+
+
+def rewrite_glue(source: str) -> str:
+    source = re.sub(r"TORCH_LIBRARY_IMPL\(\s*lvmfast\s*,\s*CUDA\s*,", f"TORCH_LIBRARY_IMPL({LIBRARY}, CPU,", source)
+    return source.replace(".is_cuda()", ".is_cpu()")
+
+
+def rewrite_schemas(source: str) -> str:
+    source = re.sub(r"TORCH_LIBRARY\(\s*lvmfast\s*,", f"TORCH_LIBRARY({LIBRARY},", source)
+    # the Python module entry point belongs to lvmfast._C, not to this library
+    return re.sub(r'extern "C" PyObject\* PyInit__C\(void\) \{.*?\n\}\n', "", source, flags=re.S)
+
+
+def prepare(families: list[str], build_dir: Path) -> list[Path]:
+    """Writes the rewritten sources under build_dir (mirroring the repository's layout, so that
+    relative includes resolve) and returns the files to compile."""
+    for sub in ("csrc/cuda", "kernels"):
+        (build_dir / sub).mkdir(parents=True, exist_ok=True)
+    for header in (ROOT / "csrc").glob("*.h"):
+        shutil.copy(header, build_dir / "csrc" / header.name)
+    for header in (ROOT / "kernels").glob("*.cuh"):
+        shutil.copy(header, build_dir / "kernels" / header.name)
+    (build_dir / "csrc/cuda/dispatch.h").write_text(rewrite_glue((ROOT / "csrc/cuda/dispatch.h").read_text()))
+    sources = [build_dir / "csrc/ops.cpp"]
+    sources[0].write_text(rewrite_schemas((ROOT / "csrc/ops.cpp").read_text()))
+    for family in families:
+        glue = build_dir / f"csrc/cuda/{family}.cpp"
+        glue.write_text(rewrite_glue((ROOT / f"csrc/cuda/{family}.cpp").read_text()))
+        kernel = build_dir / f"kernels/{family}_kernels.cpp"
+        kernel.write_text(rewrite_kernel((ROOT / f"kernels/{family}.cu").read_text()))
+        sources += [glue, kernel]
+    return sources
+
+
+def load(families: list[str] = list(FAMILIES), verbose: bool = False):
+    """Compiles (or reuses) the emulated extension for `families` and loads it into torch.ops."""
+    from torch.utils import cpp_extension
+
+    name = LIBRARY if families == list(FAMILIES) else f"{LIBRARY}_{'_'.join(families)}"
+    build_dir = Path(os.environ.get("LVMFAST_EMULATOR_BUILD", Path.home() / ".cache/lvmfast_emulator")) / name
+    sources = prepare(families, build_dir / "src")  # ninja rebuilds only what changed
+    cpp_extension.load(
+        name=name, sources=[str(s) for s in sources], build_directory=str(build_dir),
+        extra_include_paths=[str(INCLUDE)], extra_cflags=["-O1", "-DLVMFAST_CUDA_EMULATOR"],
+        is_python_module=False, verbose=verbose)
+    return getattr(__import__("torch").ops, LIBRARY)

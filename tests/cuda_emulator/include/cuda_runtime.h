@@ -1,0 +1,434 @@
+// A CPU emulation of the CUDA execution model, so that the real kernels/ and csrc/cuda/ sources
+// run in the tests of a machine without a GPU (tests/cuda_emulator/build.py compiles them against
+// this header instead of the CUDA toolkit's).
+//
+// Model: a launch runs its blocks one after another. Each thread of a block is a fiber (ucontext)
+// with its own stack; one OS thread switches between them at every barrier, so __syncthreads and
+// the warp shuffles are exact: a fiber waits until every thread of its block (of its warp, for a
+// shuffle or __syncwarp) has reached a barrier. A barrier that can never complete (a shuffle
+// inside divergent code, __syncthreads reached by part of a warp) is reported as an error, as is
+// a launch over the hardware limits (1024 threads, 48 KB of dynamic shared memory without the
+// opt-in attribute, 227 KB with it). Dynamic shared memory starts as NaN bytes, so reading it
+// before writing shows up in the results.
+//
+// What it cannot show: data races (threads never run concurrently), the memory model, timing,
+// and the GPU's own rounding (fast-math intrinsics run as host libm here).
+#pragma once
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+// Static storage is shared by every fiber of the block (and blocks run one at a time).
+#define __shared__ static
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 {
+  unsigned x, y, z;
+};
+struct float2 {
+  float x, y;
+};
+struct float4 {
+  float x, y, z, w;
+};
+struct uint4 {
+  unsigned x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorLaunchFailure = 4,
+  cudaErrorInvalidConfiguration = 9,
+};
+typedef cudaError_t cudaError;
+typedef struct CUstream_st* cudaStream_t;
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+struct cudaDeviceProp {
+  char name[256];
+  int multiProcessorCount;
+  int major, minor;
+  int maxThreadsPerBlock;
+  size_t sharedMemPerBlock;
+  size_t sharedMemPerBlockOptin;
+  int warpSize;
+};
+
+namespace emu {
+
+constexpr size_t kDefaultSharedBytes = 48 * 1024;
+constexpr size_t kMaxSharedBytes = 227 * 1024;
+constexpr size_t kStackBytes = 256 * 1024;
+
+enum class State { kReady, kBlockBarrier, kWarpBarrier, kDone };
+
+struct Fiber {
+  ucontext_t context;
+  std::unique_ptr<char[]> stack;
+  uint3 index;
+  int lane = 0, warp = 0;
+  State state = State::kReady;
+  unsigned mask = 0;  // the lanes of a warp barrier
+  int source = 0;     // the lane a shuffle reads
+  unsigned char deposit[16], result[16];
+};
+
+struct Block {
+  dim3 grid, block;
+  uint3 index;
+  std::vector<Fiber>* fibers = nullptr;
+  Fiber* current = nullptr;
+  ucontext_t scheduler;
+  unsigned char* shared = nullptr;
+};
+
+inline Block*& active() {
+  static thread_local Block* block = nullptr;
+  return block;
+}
+inline Fiber& self() { return *active()->current; }
+
+inline cudaError_t& last_error() {
+  static thread_local cudaError_t error = cudaSuccess;
+  return error;
+}
+inline std::map<const void*, size_t>& shared_optin() {
+  static std::map<const void*, size_t> limits;
+  return limits;
+}
+
+// Emulated SMs: few, so that the kernels' grid-stride loops give a block several items.
+inline int num_sms() {
+  const char* env = std::getenv("LVMFAST_EMULATED_SMS");
+  return env != nullptr ? std::atoi(env) : 2;
+}
+
+inline void to_scheduler() {
+  Fiber& f = self();
+  swapcontext(&f.context, &active()->scheduler);
+}
+
+template <typename T>
+T warp_exchange(unsigned mask, T value, int source) {
+  static_assert(sizeof(T) <= 16, "shuffle of a type over 16 bytes");
+  Fiber& f = self();
+  std::memcpy(f.deposit, &value, sizeof(T));
+  f.mask = mask;
+  f.source = source;
+  f.state = State::kWarpBarrier;
+  to_scheduler();
+  T out;
+  std::memcpy(&out, self().result, sizeof(T));
+  return out;
+}
+
+[[noreturn]] inline void fail(const std::string& what) { throw std::runtime_error("CUDA emulator: " + what); }
+
+// The body every fiber runs: set before the fibers start, read by the entry point.
+struct Body {
+  virtual void run() = 0;
+  virtual ~Body() = default;
+};
+inline Body*& current_body() {
+  static thread_local Body* body = nullptr;
+  return body;
+}
+inline std::string& fiber_error() {
+  static thread_local std::string error;
+  return error;
+}
+
+inline void fiber_entry() {
+  try {
+    current_body()->run();
+  } catch (const std::exception& e) {
+    if (fiber_error().empty()) fiber_error() = e.what();
+  }
+  self().state = State::kDone;
+  // uc_link returns to the scheduler
+}
+
+// Releases the warp barriers that every lane of their mask has reached. Returns whether any was.
+inline bool release_warps(std::vector<Fiber>& fibers) {
+  bool released = false;
+  const int warps = static_cast<int>((fibers.size() + 31) / 32);
+  for (int w = 0; w < warps; ++w) {
+    Fiber* lanes = fibers.data() + 32 * w;
+    const int n = static_cast<int>(std::min<size_t>(32, fibers.size() - 32 * w));
+    int first = -1;
+    for (int l = 0; l < n; ++l)
+      if (lanes[l].state == State::kWarpBarrier) { first = l; break; }
+    if (first < 0) continue;
+    const unsigned mask = lanes[first].mask;
+    bool complete = true;
+    for (int l = 0; l < n; ++l) {
+      if (!(mask >> l & 1u)) continue;
+      if (lanes[l].state != State::kWarpBarrier) complete = false;
+      else if (lanes[l].mask != mask) fail("lanes of one warp are waiting at shuffles with different masks");
+    }
+    if (!complete) continue;
+    for (int l = 0; l < n; ++l) {
+      if (!(mask >> l & 1u)) continue;
+      const int src = lanes[l].source;
+      const bool valid = src >= 0 && src < n && (mask >> src & 1u);
+      std::memcpy(lanes[l].result, valid ? lanes[src].deposit : lanes[l].deposit, 16);
+      lanes[l].state = State::kReady;
+    }
+    released = true;
+  }
+  return released;
+}
+
+template <typename F>
+struct BodyOf : Body {
+  F f;
+  explicit BodyOf(F fn) : f(std::move(fn)) {}
+  void run() override { f(); }
+};
+
+// Runs every block of a launch of `body` (the kernel call with its arguments bound).
+template <typename F>
+void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
+  const size_t threads = size_t(block.x) * block.y * block.z;
+  BodyOf<F> body(std::move(body_fn));
+  std::vector<Fiber> fibers(threads);
+  for (auto& f : fibers) f.stack.reset(new char[kStackBytes]);
+  std::vector<unsigned char> shared(shared_bytes + 16, 0xFF);
+  Block b;
+  b.grid = grid;
+  b.block = block;
+  b.fibers = &fibers;
+  Block* outer = active();
+  Body* outer_body = current_body();
+  active() = &b;
+  current_body() = &body;
+  fiber_error().clear();
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        b.index = {bx, by, bz};
+        std::fill(shared.begin(), shared.end(), 0xFF);
+        b.shared = shared.data();
+        for (size_t t = 0; t < threads; ++t) {
+          Fiber& f = fibers[t];
+          f.index = {unsigned(t % block.x), unsigned(t / block.x % block.y),
+                     unsigned(t / (size_t(block.x) * block.y))};
+          f.lane = int(t % 32);
+          f.warp = int(t / 32);
+          f.state = State::kReady;
+          getcontext(&f.context);
+          f.context.uc_stack.ss_sp = f.stack.get();
+          f.context.uc_stack.ss_size = kStackBytes;
+          f.context.uc_link = &b.scheduler;
+          makecontext(&f.context, fiber_entry, 0);
+        }
+        for (;;) {
+          for (auto& f : fibers) {
+            if (f.state != State::kReady) continue;
+            b.current = &f;
+            swapcontext(&b.scheduler, &f.context);
+          }
+          if (!fiber_error().empty()) break;
+          size_t done = 0, at_block = 0, at_warp = 0;
+          for (auto& f : fibers) {
+            done += f.state == State::kDone;
+            at_block += f.state == State::kBlockBarrier;
+            at_warp += f.state == State::kWarpBarrier;
+          }
+          if (done == threads) break;
+          if (at_warp > 0) {
+            if (!release_warps(fibers))
+              fiber_error() = "deadlock: a warp shuffle or __syncwarp that not every lane of its mask reaches";
+          } else if (at_block > 0) {
+            for (auto& f : fibers)
+              if (f.state == State::kBlockBarrier) f.state = State::kReady;
+          }
+          if (!fiber_error().empty()) break;
+        }
+        if (!fiber_error().empty()) break;
+      }
+  active() = outer;
+  current_body() = outer_body;
+  if (!fiber_error().empty()) {
+    const std::string error = fiber_error();
+    fiber_error().clear();
+    fail("block (" + std::to_string(b.index.x) + ", " + std::to_string(b.index.y) + ", " +
+         std::to_string(b.index.z) + "): " + error);
+  }
+}
+
+template <typename... Params>
+struct Launch {
+  void (*kernel)(Params...);
+  dim3 grid, block;
+  size_t shared_bytes;
+
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    const size_t threads = size_t(block.x) * block.y * block.z;
+    const auto optin = shared_optin().find(reinterpret_cast<const void*>(kernel));
+    const size_t limit = optin != shared_optin().end() ? optin->second : kDefaultSharedBytes;
+    if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+        grid.y > 65535 || grid.z > 65535 || shared_bytes > limit) {
+      last_error() = cudaErrorInvalidConfiguration;
+      return;
+    }
+    // Kernel arguments are copied at the launch, converted to the parameter types.
+    std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+    run_grid(grid, block, shared_bytes, [this, &params] { std::apply(kernel, params); });
+  }
+};
+
+template <typename... Params>
+Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes = 0,
+                         cudaStream_t = nullptr) {
+  return {kernel, grid, block, shared_bytes};
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::self().index)
+#define blockIdx (::emu::active()->index)
+#define blockDim (::emu::active()->block)
+#define gridDim (::emu::active()->grid)
+constexpr int warpSize = 32;
+
+inline unsigned char* emulated_dynamic_shared() { return ::emu::active()->shared; }
+
+inline void __syncthreads() {
+  ::emu::self().state = ::emu::State::kBlockBarrier;
+  ::emu::to_scheduler();
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  ::emu::warp_exchange<int>(mask, 0, ::emu::self().lane);
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  const int lane = ::emu::self().lane;
+  return ::emu::warp_exchange(mask, v, (lane & ~(width - 1)) | ((lane ^ lane_mask) & (width - 1)));
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::emu::self().lane;
+  const int src = (lane % width) + int(delta) < width ? lane + int(delta) : lane;
+  return ::emu::warp_exchange(mask, v, src);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::emu::self().lane;
+  const int src = (lane % width) >= int(delta) ? lane - int(delta) : lane;
+  return ::emu::warp_exchange(mask, v, src);
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+  const int lane = ::emu::self().lane;
+  return ::emu::warp_exchange(mask, v, (lane & ~(width - 1)) + (src_lane % width));
+}
+
+// One fiber runs at a time: atomics are plain read-modify-writes.
+template <typename T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+inline float4 atomicAdd(float4* address, float4 v) {
+  const float4 old = *address;
+  *address = {old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w};
+  return old;
+}
+template <typename T>
+T atomicMax(T* address, T value) {
+  const T old = *address;
+  if (value > old) *address = value;
+  return old;
+}
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
+
+// Device math that host libm lacks (fast-math intrinsics run at host precision).
+inline void sincospif(float x, float* s, float* c) {
+  *s = std::sin(float(M_PI) * x);
+  *c = std::cos(float(M_PI) * x);
+}
+inline void sincospi(double x, double* s, double* c) {
+  *s = std::sin(M_PI * x);
+  *c = std::cos(M_PI * x);
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline float __frcp_rn(float a) { return 1.0f / a; }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+inline unsigned __float_as_uint(float x) {
+  unsigned u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float __uint_as_float(unsigned u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+inline unsigned __umulhi(unsigned a, unsigned b) { return unsigned((uint64_t(a) * b) >> 32); }
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
+}
+
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t e = ::emu::last_error();
+  ::emu::last_error() = cudaSuccess;
+  return e;
+}
+inline cudaError_t cudaPeekAtLastError() { return ::emu::last_error(); }
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    default: return "unspecified launch failure";
+  }
+}
+template <typename... Params>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+      size_t(value) > ::emu::kMaxSharedBytes)
+    return cudaErrorInvalidValue;
+  ::emu::shared_optin()[reinterpret_cast<const void*>(kernel)] = size_t(value);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t = nullptr) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}

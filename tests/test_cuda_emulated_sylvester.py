@@ -1,0 +1,86 @@
+"""The CUDA sylvester_flow (kernels/sylvester.cu with its glue csrc/cuda/sylvester.cpp) run on the
+CPU under tests/cuda_emulator, against the float64 reference: the kernels' indexing, barriers,
+shuffles, grid-stride loops and shared-gradient workspace are checked without a GPU. Rounding is
+the host's here (no fast-math tanh), so accuracy on a GPU is test_sylvester.py's business."""
+import pytest
+import torch
+
+from test_sylvester import make_inputs, reference_and_grads
+from conftest import assert_close_rel
+
+KINDS = ["triangular", "reverse", "orthogonal", "householder"]
+SHAPES = [(1, 1, 1), (3, 5, 5), (37, 7, 3), (5, 33, 33), (4, 70, 65)]  # (B, D, M)
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+
+
+def run_emulated(ops, tensors, q, reverse, grad_out, grad_logdet):
+    z, r1, r2, b = (t.detach() for t in tensors)
+    qd = None if q is None else q.detach()
+    out, logdet = ops.sylvester_flow(z, r1, r2, b, qd, reverse)
+    grads = ops.sylvester_flow_backward(grad_out, grad_logdet, z, r1, r2, b, qd, reverse)
+    return out, logdet, list(grads[:4]) + ([grads[4]] if q is not None else [])
+
+
+def check(ops, B, D, M, kind, dtype, shared=()):
+    if kind in ("triangular", "reverse"):
+        D = M
+    elif kind == "householder":
+        M = D
+    tensors, q, reverse = make_inputs(B, D, M, kind, dtype, "cpu", shared, grad=False)
+    grad_out = torch.randn(B, D, dtype=torch.float64).to(dtype)
+    grad_logdet = torch.randn(B, dtype=torch.float64).to(dtype)
+    out, logdet, grads = run_emulated(ops, tensors, q, reverse, grad_out, grad_logdet)
+    ref_out, ref_logdet, ref_grads = reference_and_grads(tensors, q, reverse, grad_out, grad_logdet)
+    assert out.dtype == dtype and out.shape == (B, D) and logdet.shape == (B,)
+    tol = TOL[dtype]
+    assert_close_rel(out, ref_out, tol, "z'")
+    assert_close_rel(logdet, ref_logdet, tol, "logdet")
+    for name, g, rg, t in zip(("z", "r1", "r2", "b", "q"), grads, ref_grads, tensors + [q]):
+        assert g.shape == t.shape, name
+        assert_close_rel(g, rg, tol * 10, f"grad {name}")
+    for g in grads[1:3]:  # exactly zero below the diagonal
+        assert (g.tril(-1) == 0).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_matches_reference(emulated_cuda, kind, shape, dtype):
+    check(emulated_cuda, *shape, kind, dtype)
+
+
+@pytest.mark.parametrize("kind", ["triangular", "orthogonal"])
+@pytest.mark.parametrize("shared", [("r1",), ("r2", "b"), ("r1", "r2", "b", "q")], ids="-".join)
+@pytest.mark.parametrize("sms", ["1", "3"])
+def test_shared_parameters_sum_over_blocks(emulated_cuda, monkeypatch, kind, shared, sms):
+    """Shared parameters' gradients are per-block partial sums that the glue adds up: few SMs
+    give few blocks, each walking several samples."""
+    monkeypatch.setenv("LVMFAST_EMULATED_SMS", sms)
+    check(emulated_cuda, 41, 9, 6, kind, torch.float64, shared)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("kind", ["triangular", "orthogonal"])
+def test_half_storage_accumulates_in_float(emulated_cuda, dtype, kind):
+    check(emulated_cuda, 6, 12, 8, kind, dtype)
+
+
+def test_empty_batch(emulated_cuda):
+    tensors, q, reverse = make_inputs(0, 5, 3, "orthogonal", torch.float32, "cpu", ("r1",), grad=False)
+    out, logdet, grads = run_emulated(emulated_cuda, tensors, q, reverse,
+                                      torch.zeros(0, 5), torch.zeros(0))
+    assert out.shape == (0, 5) and logdet.shape == (0,)
+    assert grads[1].shape == (3, 3) and (grads[1] == 0).all()
+
+
+def test_non_contiguous_inputs(emulated_cuda):
+    tensors, q, reverse = make_inputs(6, 8, 8, "householder", torch.float64, "cpu", grad=False)
+    z, r1, r2, b = tensors
+    flipped = [z.t().contiguous().t(), r1.transpose(1, 2).contiguous().transpose(1, 2),
+               r2[:, :, :], b.t().contiguous().t()]
+    qn = q.transpose(1, 2).contiguous().transpose(1, 2)
+    g, gl = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    a = run_emulated(emulated_cuda, tensors, q, reverse, g, gl)
+    c = run_emulated(emulated_cuda, flipped, qn, reverse, g, gl)
+    for x, y in zip(a[:2] + tuple(a[2]), c[:2] + tuple(c[2])):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
