@@ -1,6 +1,5 @@
 // CUDA kernels of the sylvester family: sylvester_flow forward and backward.
 // Math contract: csrc/sylvester.h. Launchers: sylvester.cuh. No torch headers here.
-// Written and compiled (nvcc, sm_80 and sm_90) on a machine without a GPU: never run yet.
 //
 // Work and floors at the benchmark shape, B = 1024, D = M = 64, amortized float32, on an
 // H100 SXM (3.35 TB/s HBM3, 67 TFLOP/s FP32):
@@ -15,19 +14,26 @@
 //             (triangular) .. 101 MB = 30 us (Householder).
 //   Four triangular flows, forward + backward: ~4 x 20 us = 80 us floor, plus ~8 launches.
 //
-// Design: a block of 128 threads owns one sample at a time (grid-stride over the batch);
-// the sample's vectors (z, y, h, c, gradients: O(D + M)) live in shared memory, its matrices
-// are streamed from global memory exactly in the access order that coalesces:
+// Design: a block of 128 threads owns one sample at a time (grid-stride over the batch).
+// The sample's vectors (z, y, h, c, gradients: O(D + M)) live in shared memory. Its matrices
+// are staged there too when they fit (kStagedSmemLimit): every thread issues its share of
+// the upper triangles (and of a dense Q) at once, so the loads overlap, and the mat-vecs then
+// read shared memory. Reading the matrices from global memory inside the mat-vecs instead (the
+// fallback for large M) serializes a memory latency per row: on an H100 that version took
+// 4-6x the floor in kernel time (benchmarks/results/gpu-h100-2026-11-26.md). Access order:
 //   * R v (upper part of row m): one warp per row, lanes along the row, shuffle reduction.
 //   * R^T v (column k, rows m <= k): one thread per column, rows in the loop (consecutive
-//     threads read consecutive addresses of row m).
+//     threads read consecutive addresses of row m: coalesced, and free of bank conflicts).
 //   * Q^T v: thread per column; Q v: warp per row.
-//   * gradients of R1, R2, Q: flat loops over the (M, M) / (D, M) index, one coalesced store
-//     per element (the zeros below the diagonal are written in the same pass, no memset).
-// The backward pass recomputes y, h and c (the second read of a sample's triangles mostly hits
-// L2); nothing but the inputs is saved. A shared parameter's gradient is accumulated into the
-// block's own workspace slice (no atomics: each element is owned by one thread of one block),
-// and the host sums the slices.
+//   * gradients of R1, R2, Q: rows by warps, columns by lanes, one coalesced store per element
+//     (the zeros below the diagonal are written in the same pass, no memset).
+// The backward pass recomputes y, h and c; nothing but the inputs is saved. A shared parameter
+// is staged once per block, and its gradient is accumulated into the block's own workspace
+// slice (no atomics: each element is owned by one thread of one block); the host sums the
+// slices.
+//
+// History: the global-memory version ran green on an H100 (2026-11-26). The staged version and
+// the double-precision tanh/log have run only under the CPU emulation of tests/cuda_emulator.
 #include "convert.cuh"
 #include "sylvester.cuh"
 
@@ -40,15 +46,25 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
+// Staged kernels only up to this much shared memory a block: two blocks still fit on an SM.
+constexpr size_t kStagedSmemLimit = 96 * 1024;
 
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t load(const scalar_t* p, int64_t i) {
+template <typename acc_t, typename T>
+__device__ __forceinline__ acc_t load(const T* p, int64_t i) {
   return to_acc<acc_t>(p[i]);
 }
 
-__device__ __forceinline__ float tanh_acc(float x) { return tanhf(x); }
+// tanh and log|x| in double for float: setup.py builds with fast math, which turns tanhf into
+// the tanh.approx.f32 instruction (2^-11 relative error) and logf into lg2.approx. The double
+// routines are not affected and round to within an ulp of float; M of them per sample cost
+// nothing next to the sample's M^2 loads.
+__device__ __forceinline__ float tanh_acc(float x) {
+  return static_cast<float>(tanh(static_cast<double>(x)));
+}
 __device__ __forceinline__ double tanh_acc(double x) { return tanh(x); }
-__device__ __forceinline__ float log_abs(float x) { return logf(fabsf(x)); }
+__device__ __forceinline__ float log_abs(float x) {
+  return static_cast<float>(log(fabs(static_cast<double>(x))));
+}
 __device__ __forceinline__ double log_abs(double x) { return log(fabs(x)); }
 
 template <typename T>
@@ -59,8 +75,8 @@ __device__ __forceinline__ T warp_sum(T v) {
 }
 
 // sum_{k >= k0} row[k] v[k], by one warp (all lanes get the result).
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t warp_row_dot(const scalar_t* row, const acc_t* v, int64_t k0,
+template <typename acc_t, typename mat_t>
+__device__ __forceinline__ acc_t warp_row_dot(const mat_t* row, const acc_t* v, int64_t k0,
                                               int64_t n, int lane) {
   acc_t s = 0;
   for (int64_t k = k0 + lane; k < n; k += 32) s += load<acc_t>(row, k) * v[k];
@@ -68,8 +84,8 @@ __device__ __forceinline__ acc_t warp_row_dot(const scalar_t* row, const acc_t* 
 }
 
 // sum_{m <= k} R[m, k] v[m]: column k of the upper triangle, by one thread.
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t column_dot(const scalar_t* R, const acc_t* v, int64_t k,
+template <typename acc_t, typename mat_t>
+__device__ __forceinline__ acc_t column_dot(const mat_t* R, const acc_t* v, int64_t k,
                                             int64_t M) {
   acc_t s = 0;
   for (int64_t m = 0; m <= k; ++m) s += load<acc_t>(R, m * M + k) * v[m];
@@ -85,7 +101,102 @@ __device__ __forceinline__ void put(scalar_t* own, acc_t* shared, int64_t i, acc
     own[i] = from_acc<scalar_t>(v);
 }
 
+// Shared-memory copies of one sample's matrices: the upper triangles of R1 and R2 (rows by
+// warps, columns by lanes; the lower triangles are neither read nor written) and a dense Q.
+// A shared parameter (batch stride 0) is copied for the block's first sample only.
+template <typename acc_t>
+struct Staged {
+  acc_t *r1, *r2, *q;
+};
+
 template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* R1,
+                                      const scalar_t* R2, const scalar_t* Q,
+                                      const SylvesterDims& p, bool first, int tid) {
+  const int64_t M = p.M, lane = tid & 31, warp = tid >> 5;
+  const bool copy_r1 = first || p.r1_bs != 0, copy_r2 = first || p.r2_bs != 0;
+  for (int64_t m = warp; m < M; m += kWarps) {
+    for (int64_t k = m + lane; k < M; k += 32) {
+      if (copy_r1) dst.r1[m * M + k] = load<acc_t>(R1, m * M + k);
+      if (copy_r2) dst.r2[m * M + k] = load<acc_t>(R2, m * M + k);
+    }
+  }
+  if (p.qkind == 2 && (first || p.q_bs != 0))
+    for (int64_t i = tid; i < p.D * M; i += kThreads) dst.q[i] = load<acc_t>(Q, i);
+}
+
+// Shared-memory elements of a block: the vectors, then (staged) the matrices.
+__host__ __device__ __forceinline__ int64_t staged_elements(const SylvesterDims& p) {
+  return 2 * p.M * p.M + (p.qkind == 2 ? p.D * p.M : 0);
+}
+__host__ __device__ __forceinline__ int64_t forward_vector_elements(const SylvesterDims& p) {
+  return p.D + 3 * p.M;
+}
+__host__ __device__ __forceinline__ int64_t backward_vector_elements(const SylvesterDims& p) {
+  return 2 * p.D + 9 * p.M;
+}
+
+// One sample of the forward pass; R1, R2, Q point to global memory or to the staged copies.
+template <typename scalar_t, typename acc_t, typename mat_t>
+__device__ __forceinline__ void forward_sample(const scalar_t* zn, const mat_t* R1,
+                                               const mat_t* R2, const scalar_t* bn,
+                                               const mat_t* Q, scalar_t* outn, scalar_t* logdetn,
+                                               acc_t* vectors, acc_t* warp_logdet,
+                                               const SylvesterDims& p, int tid) {
+  const int64_t D = p.D, M = p.M;
+  const int lane = tid & 31, warp = tid >> 5;
+  acc_t* zs = vectors;
+  acc_t* y = zs + D;
+  acc_t* h = y + M;
+  acc_t* c = h + M;
+  for (int64_t d = tid; d < D; d += kThreads) zs[d] = load<acc_t>(zn, d);
+  __syncthreads();
+  for (int64_t m = tid; m < M; m += kThreads) {
+    if (p.qkind == 0) {
+      y[m] = zs[m];
+    } else if (p.qkind == 1) {
+      y[m] = zs[D - 1 - m];
+    } else {
+      acc_t s = 0;
+      for (int64_t d = 0; d < D; ++d) s += load<acc_t>(Q, d * M + m) * zs[d];
+      y[m] = s;
+    }
+  }
+  __syncthreads();
+  acc_t my_logdet = 0;
+  for (int64_t m = warp; m < M; m += kWarps) {
+    const acc_t hm = tanh_acc(warp_row_dot(R2 + m * M, y, m, M, lane) + load<acc_t>(bn, m));
+    if (lane == 0) {
+      h[m] = hm;
+      const acc_t diag = load<acc_t>(R1, m * M + m) * load<acc_t>(R2, m * M + m);
+      my_logdet += log_abs(acc_t(1) + (acc_t(1) - hm * hm) * diag);
+    }
+  }
+  __syncthreads();
+  for (int64_t m = warp; m < M; m += kWarps) {
+    const acc_t cm = warp_row_dot(R1 + m * M, h, m, M, lane);
+    if (lane == 0) c[m] = cm;
+  }
+  __syncthreads();
+  if (p.qkind != 2) {
+    for (int64_t d = tid; d < D; d += kThreads)
+      outn[d] = from_acc<scalar_t>(zs[d] + c[p.qkind == 0 ? d : D - 1 - d]);
+  } else {
+    for (int64_t d = warp; d < D; d += kWarps) {
+      const acc_t s = warp_row_dot(Q + d * M, c, 0, M, lane);
+      if (lane == 0) outn[d] = from_acc<scalar_t>(zs[d] + s);
+    }
+  }
+  if (lane == 0) warp_logdet[warp] = my_logdet;
+  __syncthreads();
+  if (tid == 0) {
+    acc_t total = 0;
+    for (int w = 0; w < kWarps; ++w) total += warp_logdet[w];
+    *logdetn = from_acc<scalar_t>(total);
+  }
+}
+
+template <typename scalar_t, typename acc_t, bool kStaged>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ r1,
                    const scalar_t* __restrict__ r2, const scalar_t* __restrict__ b,
@@ -93,66 +204,141 @@ __global__ void __launch_bounds__(kThreads)
                    scalar_t* __restrict__ logdet, SylvesterDims p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ acc_t warp_logdet[kWarps];
-  const int64_t D = p.D, M = p.M;
-  acc_t* zs = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* y = zs + D;
-  acc_t* h = y + M;
-  acc_t* c = h + M;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  acc_t* vectors = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* mats = vectors + forward_vector_elements(p);
+  const Staged<acc_t> staged{mats, mats + p.M * p.M, mats + 2 * p.M * p.M};
+  const int tid = threadIdx.x;
   for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x) {
     const scalar_t* R1 = r1 + n * p.r1_bs;
     const scalar_t* R2 = r2 + n * p.r2_bs;
     const scalar_t* bn = b + n * p.b_bs;
     const scalar_t* Q = p.qkind == 2 ? q + n * p.q_bs : nullptr;
-    for (int64_t d = tid; d < D; d += kThreads) zs[d] = load<acc_t>(z, n * D + d);
-    __syncthreads();
-    for (int64_t m = tid; m < M; m += kThreads) {
-      if (p.qkind == 0) {
-        y[m] = zs[m];
-      } else if (p.qkind == 1) {
-        y[m] = zs[D - 1 - m];
-      } else {
-        acc_t s = 0;
-        for (int64_t d = 0; d < D; ++d) s += load<acc_t>(Q, d * M + m) * zs[d];
-        y[m] = s;
-      }
+    if constexpr (kStaged) {
+      // forward_sample's first barrier orders these copies before their use
+      stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
+      forward_sample(z + n * p.D, staged.r1, staged.r2, bn, staged.q, out + n * p.D, logdet + n,
+                     vectors, warp_logdet, p, tid);
+    } else {
+      forward_sample(z + n * p.D, R1, R2, bn, Q, out + n * p.D, logdet + n, vectors, warp_logdet,
+                     p, tid);
     }
-    __syncthreads();
-    acc_t my_logdet = 0;
-    for (int64_t m = warp; m < M; m += kWarps) {
-      const acc_t hm = tanh_acc(warp_row_dot(R2 + m * M, y, m, M, lane) + load<acc_t>(bn, m));
-      if (lane == 0) {
-        h[m] = hm;
-        const acc_t diag = load<acc_t>(R1, m * M + m) * load<acc_t>(R2, m * M + m);
-        my_logdet += log_abs(acc_t(1) + (acc_t(1) - hm * hm) * diag);
+    __syncthreads();  // the next sample's copies overwrite what this one read
+  }
+}
+
+// Gradient outputs of one sample: amortized pointers (already offset to the sample) or, for a
+// shared parameter, the block's workspace slice (then `own` is unused).
+template <typename scalar_t, typename acc_t>
+struct SampleGrads {
+  scalar_t *z, *r1, *r2, *b, *q;
+  acc_t *ws_r1, *ws_r2, *ws_b, *ws_q;
+};
+
+template <typename scalar_t, typename acc_t, typename mat_t>
+__device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, const scalar_t* zn,
+                                                const mat_t* R1, const mat_t* R2,
+                                                const scalar_t* bn, const mat_t* Q,
+                                                const SampleGrads<scalar_t, acc_t>& out,
+                                                acc_t* vectors, const SylvesterDims& p, int tid) {
+  const int64_t D = p.D, M = p.M;
+  const bool dense = p.qkind == 2;
+  const int lane = tid & 31, warp = tid >> 5;
+  acc_t* zs = vectors;
+  acc_t* gs = zs + D;
+  acc_t* y = gs + D;
+  acc_t* h = y + M;
+  acc_t* gc = h + M;
+  acc_t* gh = gc + M;
+  acc_t* ga = gh + M;
+  acc_t* gy = ga + M;
+  acc_t* c = gy + M;
+  acc_t* dg1 = c + M;
+  acc_t* dg2 = dg1 + M;
+  for (int64_t d = tid; d < D; d += kThreads) {
+    zs[d] = load<acc_t>(zn, d);
+    gs[d] = load<acc_t>(gn, d);
+  }
+  __syncthreads();
+  // y = Q^T z and gc = Q^T g, in one pass over Q.
+  for (int64_t m = tid; m < M; m += kThreads) {
+    if (!dense) {
+      const int64_t d = p.qkind == 0 ? m : D - 1 - m;
+      y[m] = zs[d];
+      gc[m] = gs[d];
+    } else {
+      acc_t sy = 0, sc = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const acc_t qv = load<acc_t>(Q, d * M + m);
+        sy += qv * zs[d];
+        sc += qv * gs[d];
       }
+      y[m] = sy;
+      gc[m] = sc;
     }
-    __syncthreads();
+  }
+  __syncthreads();
+  // h, and the log-det's gradients: w.r.t. h (kept in ga until gh is known) and the diagonals.
+  for (int64_t m = warp; m < M; m += kWarps) {
+    const acc_t hm = tanh_acc(warp_row_dot(R2 + m * M, y, m, M, lane) + load<acc_t>(bn, m));
+    if (lane == 0) {
+      const acc_t r1d = load<acc_t>(R1, m * M + m), r2d = load<acc_t>(R2, m * M + m);
+      const acc_t s = acc_t(1) - hm * hm;
+      const acc_t w = gl / (acc_t(1) + s * r1d * r2d);
+      h[m] = hm;
+      ga[m] = acc_t(-2) * hm * r1d * r2d * w;
+      dg1[m] = s * r2d * w;
+      dg2[m] = s * r1d * w;
+    }
+  }
+  __syncthreads();
+  // gh = R1^T gc; c = R1 h (needed for grad_q only).
+  for (int64_t k = tid; k < M; k += kThreads) gh[k] = column_dot(R1, gc, k, M);
+  if (dense) {
     for (int64_t m = warp; m < M; m += kWarps) {
       const acc_t cm = warp_row_dot(R1 + m * M, h, m, M, lane);
       if (lane == 0) c[m] = cm;
     }
-    __syncthreads();
-    if (p.qkind != 2) {
-      for (int64_t d = tid; d < D; d += kThreads)
-        out[n * D + d] = from_acc<scalar_t>(zs[d] + c[p.qkind == 0 ? d : D - 1 - d]);
-    } else {
-      for (int64_t d = warp; d < D; d += kWarps) {
-        const acc_t s = warp_row_dot(Q + d * M, c, 0, M, lane);
-        if (lane == 0) out[n * D + d] = from_acc<scalar_t>(zs[d] + s);
-      }
-    }
-    if (lane == 0) warp_logdet[warp] = my_logdet;
-    __syncthreads();
-    if (tid == 0) {
-      acc_t total = 0;
-      for (int w = 0; w < kWarps; ++w) total += warp_logdet[w];
-      logdet[n] = from_acc<scalar_t>(total);
+  }
+  __syncthreads();
+  // grad_r1 = triu(gc h^T) + diag(dg1); then ga = s * (gh + d logdet / dh) = grad_b.
+  for (int64_t m = warp; m < M; m += kWarps) {
+    for (int64_t k = lane; k < M; k += 32) {
+      acc_t v = k >= m ? gc[m] * h[k] : acc_t(0);
+      if (k == m) v += dg1[m];
+      put(out.r1, out.ws_r1, m * M + k, v);
     }
   }
+  for (int64_t m = tid; m < M; m += kThreads) {
+    const acc_t v = (acc_t(1) - h[m] * h[m]) * (gh[m] + ga[m]);
+    ga[m] = v;
+    put(out.b, out.ws_b, m, v);
+  }
+  __syncthreads();
+  // gy = R2^T ga; grad_r2 = triu(ga y^T) + diag(dg2).
+  for (int64_t k = tid; k < M; k += kThreads) gy[k] = column_dot(R2, ga, k, M);
+  for (int64_t m = warp; m < M; m += kWarps) {
+    for (int64_t k = lane; k < M; k += 32) {
+      acc_t v = k >= m ? ga[m] * y[k] : acc_t(0);
+      if (k == m) v += dg2[m];
+      put(out.r2, out.ws_r2, m * M + k, v);
+    }
+  }
+  __syncthreads();
+  // grad_z = g + Q gy; grad_q = z gy^T + g c^T.
+  if (!dense) {
+    for (int64_t d = tid; d < D; d += kThreads)
+      out.z[d] = from_acc<scalar_t>(gs[d] + gy[p.qkind == 0 ? d : D - 1 - d]);
+  } else {
+    for (int64_t d = warp; d < D; d += kWarps) {
+      const acc_t s = warp_row_dot(Q + d * M, gy, 0, M, lane);
+      if (lane == 0) out.z[d] = from_acc<scalar_t>(gs[d] + s);
+      for (int64_t m = lane; m < M; m += 32) put(out.q, out.ws_q, d * M + m, zs[d] * gy[m] + gs[d] * c[m]);
+    }
+  }
+  __syncthreads();
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kStaged>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ grad_logdet,
                     const scalar_t* __restrict__ z, const scalar_t* __restrict__ r1,
@@ -164,122 +350,51 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t D = p.D, M = p.M, MM = M * M;
   const bool dense = p.qkind == 2;
-  acc_t* zs = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* gs = zs + D;
-  acc_t* y = gs + D;
-  acc_t* h = y + M;
-  acc_t* gc = h + M;
-  acc_t* gh = gc + M;
-  acc_t* ga = gh + M;
-  acc_t* gy = ga + M;
-  acc_t* c = gy + M;
-  acc_t* dg1 = c + M;
-  acc_t* dg2 = dg1 + M;
+  acc_t* vectors = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* mats = vectors + backward_vector_elements(p);
+  const Staged<acc_t> staged{mats, mats + MM, mats + 2 * MM};
   // This block's slices of the shared parameters' gradient sums (nullptr: amortized).
   acc_t* slice = workspace == nullptr ? nullptr : workspace + blockIdx.x * shared_size;
-  acc_t *ws_r1 = nullptr, *ws_r2 = nullptr, *ws_b = nullptr, *ws_q = nullptr;
-  if (p.r1_bs == 0) ws_r1 = slice, slice += MM;
-  if (p.r2_bs == 0) ws_r2 = slice, slice += MM;
-  if (p.b_bs == 0) ws_b = slice, slice += M;
-  if (dense && p.q_bs == 0) ws_q = slice;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  SampleGrads<scalar_t, acc_t> out{};
+  if (p.r1_bs == 0) out.ws_r1 = slice, slice += MM;
+  if (p.r2_bs == 0) out.ws_r2 = slice, slice += MM;
+  if (p.b_bs == 0) out.ws_b = slice, slice += M;
+  if (dense && p.q_bs == 0) out.ws_q = slice;
+  const int tid = threadIdx.x;
   for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x) {
     const scalar_t* R1 = r1 + n * p.r1_bs;
     const scalar_t* R2 = r2 + n * p.r2_bs;
     const scalar_t* bn = b + n * p.b_bs;
     const scalar_t* Q = dense ? q + n * p.q_bs : nullptr;
+    out.z = grad_z + n * D;
+    out.r1 = out.ws_r1 != nullptr ? nullptr : grad_r1 + n * MM;
+    out.r2 = out.ws_r2 != nullptr ? nullptr : grad_r2 + n * MM;
+    out.b = out.ws_b != nullptr ? nullptr : grad_b + n * M;
+    out.q = !dense || out.ws_q != nullptr ? nullptr : grad_q + n * D * M;
     const acc_t gl = load<acc_t>(grad_logdet, n);
-    for (int64_t d = tid; d < D; d += kThreads) {
-      zs[d] = load<acc_t>(z, n * D + d);
-      gs[d] = load<acc_t>(grad_out, n * D + d);
-    }
-    __syncthreads();
-    // y = Q^T z and gc = Q^T g, in one pass over Q.
-    for (int64_t m = tid; m < M; m += kThreads) {
-      if (!dense) {
-        const int64_t d = p.qkind == 0 ? m : D - 1 - m;
-        y[m] = zs[d];
-        gc[m] = gs[d];
-      } else {
-        acc_t sy = 0, sc = 0;
-        for (int64_t d = 0; d < D; ++d) {
-          const acc_t qv = load<acc_t>(Q, d * M + m);
-          sy += qv * zs[d];
-          sc += qv * gs[d];
-        }
-        y[m] = sy;
-        gc[m] = sc;
-      }
-    }
-    __syncthreads();
-    // h, and the log-det's gradients: w.r.t. h (kept in ga until gh is known) and the diagonals.
-    for (int64_t m = warp; m < M; m += kWarps) {
-      const acc_t hm = tanh_acc(warp_row_dot(R2 + m * M, y, m, M, lane) + load<acc_t>(bn, m));
-      if (lane == 0) {
-        const acc_t r1d = load<acc_t>(R1, m * M + m), r2d = load<acc_t>(R2, m * M + m);
-        const acc_t s = acc_t(1) - hm * hm;
-        const acc_t w = gl / (acc_t(1) + s * r1d * r2d);
-        h[m] = hm;
-        ga[m] = acc_t(-2) * hm * r1d * r2d * w;
-        dg1[m] = s * r2d * w;
-        dg2[m] = s * r1d * w;
-      }
-    }
-    __syncthreads();
-    // gh = R1^T gc; c = R1 h (needed for grad_q only).
-    for (int64_t k = tid; k < M; k += kThreads) gh[k] = column_dot(R1, gc, k, M);
-    if (dense) {
-      for (int64_t m = warp; m < M; m += kWarps) {
-        const acc_t cm = warp_row_dot(R1 + m * M, h, m, M, lane);
-        if (lane == 0) c[m] = cm;
-      }
-    }
-    __syncthreads();
-    // grad_r1 = triu(gc h^T) + diag(dg1); then ga = s * (gh + d logdet / dh) = grad_b.
-    for (int64_t i = tid; i < MM; i += kThreads) {
-      const int64_t m = i / M, k = i - m * M;
-      acc_t v = k >= m ? gc[m] * h[k] : acc_t(0);
-      if (k == m) v += dg1[m];
-      put(grad_r1 + n * MM, ws_r1, i, v);
-    }
-    for (int64_t m = tid; m < M; m += kThreads) {
-      const acc_t v = (acc_t(1) - h[m] * h[m]) * (gh[m] + ga[m]);
-      ga[m] = v;
-      put(grad_b + n * M, ws_b, m, v);
-    }
-    __syncthreads();
-    // gy = R2^T ga; grad_r2 = triu(ga y^T) + diag(dg2).
-    for (int64_t k = tid; k < M; k += kThreads) gy[k] = column_dot(R2, ga, k, M);
-    for (int64_t i = tid; i < MM; i += kThreads) {
-      const int64_t m = i / M, k = i - m * M;
-      acc_t v = k >= m ? ga[m] * y[k] : acc_t(0);
-      if (k == m) v += dg2[m];
-      put(grad_r2 + n * MM, ws_r2, i, v);
-    }
-    __syncthreads();
-    // grad_z = g + Q gy; grad_q = z gy^T + g c^T.
-    if (!dense) {
-      for (int64_t d = tid; d < D; d += kThreads)
-        grad_z[n * D + d] = from_acc<scalar_t>(gs[d] + gy[p.qkind == 0 ? d : D - 1 - d]);
+    if constexpr (kStaged) {
+      // backward_sample's first barrier orders these copies before their use, and its last
+      // one their reuse
+      stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
+      backward_sample(grad_out + n * D, gl, z + n * D, staged.r1, staged.r2, bn, staged.q, out,
+                      vectors, p, tid);
     } else {
-      for (int64_t d = warp; d < D; d += kWarps) {
-        const acc_t s = warp_row_dot(Q + d * M, gy, 0, M, lane);
-        if (lane == 0) grad_z[n * D + d] = from_acc<scalar_t>(gs[d] + s);
-      }
-      for (int64_t i = tid; i < D * M; i += kThreads) {
-        const int64_t d = i / M, m = i - d * M;
-        put(grad_q + n * D * M, ws_q, i, zs[d] * gy[m] + gs[d] * c[m]);
-      }
+      backward_sample(grad_out + n * D, gl, z + n * D, R1, R2, bn, Q, out, vectors, p, tid);
     }
-    __syncthreads();
   }
 }
 
-template <typename Kernel>
-cudaError_t allow_shared_memory(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(bytes));
+// Launches `kernel` with `smem` bytes of dynamic shared memory (opting in past 48 KB).
+template <typename... Params, typename... Args>
+cudaError_t launch(void (*kernel)(Params...), int blocks, size_t smem, cudaStream_t stream,
+                   Args... args) {
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<blocks, kThreads, smem, stream>>>(args...);
+  return cudaGetLastError();
 }
 
 int grid_size(int64_t B, int per_sm, int num_sms) {
@@ -299,13 +414,15 @@ cudaError_t sylvester_forward(const scalar_t* z, const scalar_t* r1, const scala
                               scalar_t* logdet, const SylvesterDims& dims, int num_sms,
                               cudaStream_t stream) {
   if (dims.B == 0) return cudaSuccess;
-  const size_t smem = size_t(dims.D + 3 * dims.M) * sizeof(acc_t);
-  auto kernel = forward_kernel<scalar_t, acc_t>;
-  cudaError_t err = allow_shared_memory(kernel, smem);
-  if (err != cudaSuccess) return err;
-  kernel<<<grid_size(dims.B, 16, num_sms), kThreads, smem, stream>>>(z, r1, r2, b, q, out, logdet,
-                                                                     dims);
-  return cudaGetLastError();
+  const size_t vectors = size_t(forward_vector_elements(dims)) * sizeof(acc_t);
+  const size_t staged = vectors + size_t(staged_elements(dims)) * sizeof(acc_t);
+  const int blocks = grid_size(dims.B, 16, num_sms);
+  if (staged <= kStagedSmemLimit) {
+    return launch(forward_kernel<scalar_t, acc_t, true>, blocks, staged, stream, z, r1, r2, b, q,
+                  out, logdet, dims);
+  }
+  return launch(forward_kernel<scalar_t, acc_t, false>, blocks, vectors, stream, z, r1, r2, b, q,
+                out, logdet, dims);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -316,15 +433,17 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
                                scalar_t* grad_q, acc_t* workspace, int64_t shared_size,
                                const SylvesterDims& dims, int blocks, cudaStream_t stream) {
   if (dims.B == 0 || blocks <= 0) return cudaSuccess;
-  const size_t smem = size_t(2 * dims.D + 9 * dims.M) * sizeof(acc_t);
-  auto kernel = backward_kernel<scalar_t, acc_t>;
-  cudaError_t err = allow_shared_memory(kernel, smem);
-  if (err != cudaSuccess) return err;
-  kernel<<<blocks, kThreads, smem, stream>>>(grad_out, grad_logdet, z, r1, r2, b, q, grad_z,
-                                             grad_r1, grad_r2, grad_b, grad_q,
-                                             shared_size > 0 ? workspace : nullptr, shared_size,
-                                             dims);
-  return cudaGetLastError();
+  const size_t vectors = size_t(backward_vector_elements(dims)) * sizeof(acc_t);
+  const size_t staged = vectors + size_t(staged_elements(dims)) * sizeof(acc_t);
+  acc_t* slices = shared_size > 0 ? workspace : nullptr;
+  if (staged <= kStagedSmemLimit) {
+    return launch(backward_kernel<scalar_t, acc_t, true>, blocks, staged, stream, grad_out,
+                  grad_logdet, z, r1, r2, b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices,
+                  shared_size, dims);
+  }
+  return launch(backward_kernel<scalar_t, acc_t, false>, blocks, vectors, stream, grad_out,
+                grad_logdet, z, r1, r2, b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices,
+                shared_size, dims);
 }
 
 #define LVMFAST_INSTANTIATE(scalar_t, acc_t)                                                     \

@@ -1,6 +1,6 @@
 // CUDA glue of the sylvester family (sylvester_flow): checks, dtypes, the current stream, and
 // calls into kernels/sylvester.cu. The math is in csrc/sylvester.h; the CPU twin is
-// csrc/cpu/sylvester.cpp. Compiled and syntax-checked without a GPU: never run yet.
+// csrc/cpu/sylvester.cpp. Ran green on an H100 (2026-11-26); tests/cuda_emulator runs it on the CPU.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -136,6 +136,6 @@ def _register(forward: str, backward: str) -> None:
 if _backend._C is not None:
     _register("sylvester_flow", "sylvester_flow_backward")
     _register("sylvester_flow_triton", "sylvester_flow_triton_backward")
-# Neither CUDA path has been timed on a GPU yet: "native" first until benchmarks/results say
-# otherwise (the Triton kernel reads each matrix once, the CUDA one twice from L2).
+# "native" first on CUDA: it won on the wall clock at every shape of the H100 run
+# (benchmarks/results/gpu-h100-2026-11-26.md), where Triton's launches cost more host time.
 _backend.register_op(_NAME, family="sylvester", auto_cuda_order=("native", "triton"))
