@@ -5,7 +5,8 @@ are `torch.ops.lvmfast_emulated.<op>` on CPU tensors. Tests then run the real CU
 Rewrites, on copies in the build folder:
   * kernels/*.cu: the runtime header included first, as nvcc does; `kernel<<<grid, block, smem, stream>>>(args)` -> `::emu::launch(kernel, grid,
     block, smem, stream)(args)`; `extern __shared__ ... name[];` -> a pointer to the emulated
-    block's dynamic shared memory. Compiled as C++.
+    block's dynamic shared memory; `#include <cassert>` -> include/emulated_assert.h (a failing
+    device-side assert raises instead of aborting). Compiled as C++.
   * csrc/cuda/*.cpp: registered for the CPU key of the `lvmfast_emulated` library; `is_cuda()`
     checks accept CPU tensors.
   * csrc/ops.cpp: the same schemas, under `lvmfast_emulated`.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,8 @@ def rewrite_launches(source: str) -> str:
 
 def rewrite_kernel(source: str) -> str:
     source = _DYNAMIC_SHARED.sub(r"unsigned char* \1 = emulated_dynamic_shared();", source)
+    # a device-side assert must raise, not abort the test process (include/emulated_assert.h)
+    source = re.sub(r"#include\s*<(?:cassert|assert\.h)>", "#include <emulated_assert.h>", source)
     # nvcc includes the runtime header implicitly
     return "#include <cuda_runtime.h>\n" + rewrite_launches(source)
 
@@ -65,23 +67,29 @@ def rewrite_schemas(source: str) -> str:
     return re.sub(r'extern "C" PyObject\* PyInit__C\(void\) \{.*?\n\}\n', "", source, flags=re.S)
 
 
+def _write(path: Path, text: str) -> None:
+    """Writes only what changed: an unchanged file keeps its mtime, so ninja does not rebuild it."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
 def prepare(families: list[str], build_dir: Path) -> list[Path]:
     """Writes the rewritten sources under build_dir (mirroring the repository's layout, so that
     relative includes resolve) and returns the files to compile."""
     for sub in ("csrc/cuda", "kernels"):
         (build_dir / sub).mkdir(parents=True, exist_ok=True)
     for header in (ROOT / "csrc").glob("*.h"):
-        shutil.copy(header, build_dir / "csrc" / header.name)
+        _write(build_dir / "csrc" / header.name, header.read_text())
     for header in (ROOT / "kernels").glob("*.cuh"):
-        shutil.copy(header, build_dir / "kernels" / header.name)
-    (build_dir / "csrc/cuda/dispatch.h").write_text(rewrite_glue((ROOT / "csrc/cuda/dispatch.h").read_text()))
+        _write(build_dir / "kernels" / header.name, header.read_text())
+    _write(build_dir / "csrc/cuda/dispatch.h", rewrite_glue((ROOT / "csrc/cuda/dispatch.h").read_text()))
     sources = [build_dir / "csrc/ops.cpp"]
-    sources[0].write_text(rewrite_schemas((ROOT / "csrc/ops.cpp").read_text()))
+    _write(sources[0], rewrite_schemas((ROOT / "csrc/ops.cpp").read_text()))
     for family in families:
         glue = build_dir / f"csrc/cuda/{family}.cpp"
-        glue.write_text(rewrite_glue((ROOT / f"csrc/cuda/{family}.cpp").read_text()))
+        _write(glue, rewrite_glue((ROOT / f"csrc/cuda/{family}.cpp").read_text()))
         kernel = build_dir / f"kernels/{family}_kernels.cpp"
-        kernel.write_text(rewrite_kernel((ROOT / f"kernels/{family}.cu").read_text()))
+        _write(kernel, rewrite_kernel((ROOT / f"kernels/{family}.cu").read_text()))
         sources += [glue, kernel]
     return sources
 

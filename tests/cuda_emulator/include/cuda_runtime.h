@@ -8,8 +8,8 @@
 // shuffle or __syncwarp) has reached a barrier. A barrier that can never complete (a shuffle
 // inside divergent code, __syncthreads reached by part of a warp) is reported as an error, as is
 // a launch over the hardware limits (1024 threads, 48 KB of dynamic shared memory without the
-// opt-in attribute, 227 KB with it). Dynamic shared memory starts as NaN bytes, so reading it
-// before writing shows up in the results.
+// opt-in attribute, 227 KB with it), and a failing device-side assert (emulated_assert.h).
+// Dynamic shared memory starts as NaN bytes, so reading it before writing shows up in the results.
 //
 // What it cannot show: data races (threads never run concurrently), the memory model, timing,
 // and the GPU's own rounding (fast-math intrinsics run as host libm here).
@@ -148,6 +148,14 @@ T warp_exchange(unsigned mask, T value, int source) {
 }
 
 [[noreturn]] inline void fail(const std::string& what) { throw std::runtime_error("CUDA emulator: " + what); }
+
+// A failing device-side assert (include/emulated_assert.h): thrown in the fiber, so that the
+// launch stops and reports it (run_grid).
+[[noreturn]] inline void device_assert_failed(const char* expr, const char* file, int line) {
+  const uint3 t = self().index;
+  fail("device-side assert triggered: " + std::string(expr) + " (" + file + ":" + std::to_string(line) +
+       ", thread (" + std::to_string(t.x) + ", " + std::to_string(t.y) + ", " + std::to_string(t.z) + "))");
+}
 
 // The body every fiber runs: set before the fibers start, read by the entry point.
 struct Body {
