@@ -14,13 +14,19 @@
 // Goal: within 2x, i.e. ~240 us forward and ~600 us backward.
 //
 // Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared
-// memory (20 KB at 64 x 32 float). Products are register-tiled 2 x 2 per thread over the
-// shared operands. The convergence test is a block reduction whose result every thread
-// reads from shared memory, so the whole block leaves the loop together and a converged
-// matrix is not touched again; nothing goes back to the host. The backward re-runs the very
-// same forward device function (so it takes the same number of steps), keeping the executed
-// iterates Q_j and A_j in the block's slice of a global workspace (per block, not per matrix:
-// memory does not grow with the batch), then walks them back.
+// memory (20 KB at 64 x 32 float; up to 8 blocks an SM then). Products are register-tiled
+// 2 x 2 per thread over the shared operands. The convergence test is a block reduction whose
+// result every thread reads from shared memory, so the whole block leaves the loop together and
+// a converged matrix is not touched again; nothing goes back to the host. The backward re-runs
+// the very same forward device function (so it takes the same number of steps) in shared
+// memory, copying each executed iterate Q_j, A_j out to the block's slice of a global workspace
+// (per block, not per matrix: memory does not grow with the batch); it then walks them back,
+// loading Q_j and A_j into shared memory beside the gradient buffers. Matrices too large for
+// shared memory run the same code on buffers in the global workspace.
+//
+// History: the version whose backward worked in global memory ran green on an H100
+// (2026-11-26) at 5.8x the arithmetic floor in kernel time; the shared-memory backward and the
+// larger forward grid have run only under the CPU emulation of tests/cuda_emulator.
 #include "orthogonal.cuh"
 #include "convert.cuh"
 
@@ -31,7 +37,9 @@ namespace kernels {
 namespace {
 
 constexpr int kThreads = 256;
+// The backward's workspace is per block, so it keeps few; a shared-memory forward has none.
 constexpr int kBlocksPerSm = 2;
+constexpr int kForwardBlocksPerSm = 8;
 
 // Sum over the block; every thread gets the result. red: 32 acc_t of shared memory.
 template <typename acc_t>
@@ -95,29 +103,32 @@ __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t*
   }
 }
 
-// The forward of one matrix already loaded into qs[0]. keep: iterate j in qs + j D M and A_j in
-// as + j M M; otherwise qs[0], qs[1] alternate and as holds one A. Returns the step count k;
-// the result is in qs + (keep ? k : k % 2) D M. The same function serves forward and backward,
-// so both take the same steps.
+// The forward of one matrix already loaded into qs[0]; qs[0], qs[1] (D x M each) alternate and
+// as holds A. With keep_q, every executed step j also copies Q_j to keep_q + j D M and A_j to
+// keep_a + j M M (for the backward). Returns the step count k; the result is in
+// qs + (k % 2) D M. The same function serves forward and backward, so both take the same steps.
 template <typename acc_t>
 __device__ int64_t run_forward(acc_t* qs, acc_t* as, int64_t D, int64_t M, int64_t max_steps,
-                               acc_t tol2, bool keep, acc_t* red) {
+                               acc_t tol2, acc_t* keep_q, acc_t* keep_a, acc_t* red) {
   const int64_t DM = D * M, MM = M * M;
   int64_t k = 0;
   for (; k < max_steps; ++k) {
-    const acc_t* q = qs + (keep ? k : k % 2) * DM;
-    acc_t* qn = qs + (keep ? k + 1 : (k + 1) % 2) * DM;
-    acc_t* a = as + (keep ? k : 0) * MM;
-    gemm_tn(a, q, q, D, M);
+    const acc_t* q = qs + (k % 2) * DM;
+    acc_t* qn = qs + ((k + 1) % 2) * DM;
+    gemm_tn(as, q, q, D, M);
     __syncthreads();
     acc_t e2 = 0;
     for (int64_t i = threadIdx.x; i < MM; i += blockDim.x) {
-      const acc_t e = a[i] - (i / M == i % M ? acc_t(1) : acc_t(0));
+      const acc_t e = as[i] - (i / M == i % M ? acc_t(1) : acc_t(0));
       e2 += e * e;
     }
     e2 = block_sum(e2, red);
     if (!(e2 > tol2)) break;  // block-uniform: every thread holds the same sum
-    gemm_nn(qn, q, a, static_cast<const acc_t*>(nullptr), static_cast<const acc_t*>(nullptr), q,
+    if (keep_q != nullptr) {  // reads what gemm_nn reads; the barrier below orders the reuse
+      for (int64_t i = threadIdx.x; i < DM; i += blockDim.x) keep_q[k * DM + i] = q[i];
+      for (int64_t i = threadIdx.x; i < MM; i += blockDim.x) keep_a[k * MM + i] = as[i];
+    }
+    gemm_nn(qn, q, as, static_cast<const acc_t*>(nullptr), static_cast<const acc_t*>(nullptr), q,
             acc_t(-0.5), acc_t(1.5), D, M);
     __syncthreads();
   }
@@ -149,37 +160,51 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __res
                                     : reinterpret_cast<acc_t*>(smem_raw);
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
     load_matrix(q + m * DM, buf, DM);
-    const int64_t k = run_forward(buf, buf + 2 * DM, D, M, max_steps, tol2, false, red);
+    const int64_t k = run_forward(buf, buf + 2 * DM, D, M, max_steps, tol2,
+                                  static_cast<acc_t*>(nullptr), static_cast<acc_t*>(nullptr), red);
     store_matrix(buf + (k % 2) * DM, out + m * DM, DM);
   }
 }
 
-template <typename scalar_t, typename acc_t>
+// Working buffers of the backward: Q double buffer and A (the forward's), then G, G', S and
+// S + S^T. In shared memory when they fit, else in the block's workspace slice.
+__host__ __device__ inline int64_t backward_buffer_elements(int64_t D, int64_t M) {
+  return 4 * D * M + 3 * M * M;
+}
+
+template <typename scalar_t, typename acc_t, bool kShared>
 __global__ void __launch_bounds__(kThreads) backward_kernel(
     const scalar_t* __restrict__ grad, const scalar_t* __restrict__ q,
     scalar_t* __restrict__ grad_q, int64_t N, int64_t D, int64_t M, int64_t max_steps,
     acc_t tol2, acc_t* workspace) {
+  extern __shared__ unsigned char smem_raw[];
   __shared__ acc_t red[32];
   const int64_t DM = D * M, MM = M * M;
   const int64_t steps_slots = max_steps > 0 ? max_steps : 1;
-  acc_t* qs = workspace + blockIdx.x * ((max_steps + 1) * DM + steps_slots * MM + 2 * DM + 2 * MM);
-  acc_t* as = qs + (max_steps + 1) * DM;
-  acc_t* g = as + steps_slots * MM;
+  acc_t* keep_q = workspace + blockIdx.x * (steps_slots * (DM + MM) +
+                                            (kShared ? 0 : backward_buffer_elements(D, M)));
+  acc_t* keep_a = keep_q + steps_slots * DM;
+  acc_t* qs = kShared ? reinterpret_cast<acc_t*>(smem_raw) : keep_a + steps_slots * MM;
+  acc_t* as = qs + 2 * DM;
+  acc_t* g = as + MM;
   acc_t* gn = g + DM;
   acc_t* s = gn + DM;
   acc_t* ssym = s + MM;
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
     load_matrix(q + m * DM, qs, DM);
-    const int64_t k = run_forward(qs, as, D, M, max_steps, tol2, true, red);
+    const int64_t k = run_forward(qs, as, D, M, max_steps, tol2, keep_q, keep_a, red);
     load_matrix(grad + m * DM, g, DM);
     for (int64_t j = k - 1; j >= 0; --j) {
-      const acc_t* qj = qs + j * DM;
-      gemm_tn(s, qj, g, D, M);  // S = Q_j^T G
+      // Q_j and A_j back from the workspace (the barrier after the copies makes them visible)
+      for (int64_t i = threadIdx.x; i < DM; i += blockDim.x) qs[i] = keep_q[j * DM + i];
+      for (int64_t i = threadIdx.x; i < MM; i += blockDim.x) as[i] = keep_a[j * MM + i];
+      __syncthreads();
+      gemm_tn(s, qs, g, D, M);  // S = Q_j^T G
       __syncthreads();
       for (int64_t i = threadIdx.x; i < MM; i += blockDim.x)
         ssym[i] = s[i] + s[(i % M) * M + i / M];
       __syncthreads();
-      gemm_nn(gn, g, as + j * MM, qj, ssym, g, acc_t(-0.5), acc_t(1.5), D, M);
+      gemm_nn(gn, g, as, qs, ssym, g, acc_t(-0.5), acc_t(1.5), D, M);
       __syncthreads();
       acc_t* tmp = g;
       g = gn;
@@ -200,14 +225,23 @@ int bjorck_num_blocks(int64_t N, int num_sms) {
   return static_cast<int>(N < b ? (N > 0 ? N : 1) : b);
 }
 
+int bjorck_forward_blocks(int64_t N, int64_t D, int64_t M, size_t acc_size,
+                          size_t max_smem_bytes, int num_sms) {
+  if (forward_smem(D, M, acc_size) > max_smem_bytes) return bjorck_num_blocks(N, num_sms);
+  const int64_t b = static_cast<int64_t>(num_sms) * kForwardBlocksPerSm;
+  return static_cast<int>(N < b ? (N > 0 ? N : 1) : b);
+}
+
 int64_t bjorck_forward_workspace(int64_t D, int64_t M, int blocks, size_t acc_size,
                                  size_t max_smem_bytes) {
   return forward_smem(D, M, acc_size) <= max_smem_bytes ? 0 : blocks * (2 * D * M + M * M);
 }
 
-int64_t bjorck_backward_workspace(int64_t D, int64_t M, int64_t max_steps, int blocks) {
+int64_t bjorck_backward_workspace(int64_t D, int64_t M, int64_t max_steps, int blocks,
+                                  size_t acc_size, size_t max_smem_bytes) {
   const int64_t steps_slots = max_steps > 0 ? max_steps : 1;
-  return blocks * ((max_steps + 1) * D * M + steps_slots * M * M + 2 * D * M + 2 * M * M);
+  const bool shared = size_t(backward_buffer_elements(D, M)) * acc_size <= max_smem_bytes;
+  return blocks * (steps_slots * (D * M + M * M) + (shared ? 0 : backward_buffer_elements(D, M)));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -232,11 +266,24 @@ cudaError_t bjorck_forward(const scalar_t* q, scalar_t* out, int64_t N, int64_t 
 template <typename scalar_t, typename acc_t>
 cudaError_t bjorck_backward(const scalar_t* grad, const scalar_t* q, scalar_t* grad_q, int64_t N,
                             int64_t D, int64_t M, int64_t max_steps, double tol, int blocks,
-                            acc_t* workspace, cudaStream_t stream) {
+                            acc_t* workspace, size_t max_smem_bytes, cudaStream_t stream) {
   if (N == 0 || D * M == 0) return cudaSuccess;
   if (workspace == nullptr) return cudaErrorInvalidValue;
-  backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-      grad, q, grad_q, N, D, M, max_steps, static_cast<acc_t>(tol * tol), workspace);
+  const acc_t tol2 = static_cast<acc_t>(tol * tol);
+  const size_t smem = size_t(backward_buffer_elements(D, M)) * sizeof(acc_t);
+  if (smem > max_smem_bytes) {
+    backward_kernel<scalar_t, acc_t, false><<<blocks, kThreads, 0, stream>>>(
+        grad, q, grad_q, N, D, M, max_steps, tol2, workspace);
+    return cudaGetLastError();
+  }
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(backward_kernel<scalar_t, acc_t, true>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  backward_kernel<scalar_t, acc_t, true><<<blocks, kThreads, smem, stream>>>(
+      grad, q, grad_q, N, D, M, max_steps, tol2, workspace);
   return cudaGetLastError();
 }
 
@@ -244,7 +291,7 @@ cudaError_t bjorck_backward(const scalar_t* grad, const scalar_t* q, scalar_t* g
   template cudaError_t bjorck_forward<S, A>(const S*, S*, int64_t, int64_t, int64_t, int64_t,   \
                                             double, int, A*, size_t, cudaStream_t);             \
   template cudaError_t bjorck_backward<S, A>(const S*, const S*, S*, int64_t, int64_t, int64_t, \
-                                             int64_t, double, int, A*, cudaStream_t);
+                                             int64_t, double, int, A*, size_t, cudaStream_t);
 LVMFAST_BJ_INSTANTIATE(float, float)
 LVMFAST_BJ_INSTANTIATE(double, double)
 LVMFAST_BJ_INSTANTIATE(__half, float)

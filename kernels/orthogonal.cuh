@@ -17,16 +17,22 @@
 namespace lvmfast {
 namespace kernels {
 
-// Thread blocks the launchers use: min(N, ctas_per_sm * num_sms); each loops over matrices.
+// Thread blocks of the backward: min(N, ctas_per_sm * num_sms); each loops over matrices.
 int bjorck_num_blocks(int64_t N, int num_sms);
+// Thread blocks of the forward: more per SM when Q, Q' and A fit in shared memory (no
+// workspace then), else bjorck_num_blocks.
+int bjorck_forward_blocks(int64_t N, int64_t D, int64_t M, size_t acc_size,
+                          size_t max_smem_bytes, int num_sms);
 
 // acc_t elements of global workspace. Forward: 0 when Q, Q' and A fit in shared memory
 // (max_smem_bytes: the device's opt-in limit per block), else per block 2 D M + M M.
-// Backward: per block (max_steps + 1) D M + max_steps M M (the executed iterates of the
-// block's current matrix) + 2 D M + 2 M M (gradient buffers); not per matrix.
+// Backward: per block max_steps (D M + M M) (the executed iterates of the block's current
+// matrix; not per matrix), plus 4 D M + 3 M M of working buffers when those do not fit in
+// shared memory.
 int64_t bjorck_forward_workspace(int64_t D, int64_t M, int blocks, size_t acc_size,
                                  size_t max_smem_bytes);
-int64_t bjorck_backward_workspace(int64_t D, int64_t M, int64_t max_steps, int blocks);
+int64_t bjorck_backward_workspace(int64_t D, int64_t M, int64_t max_steps, int blocks,
+                                  size_t acc_size, size_t max_smem_bytes);
 
 template <typename scalar_t, typename acc_t>
 cudaError_t bjorck_forward(const scalar_t* q, scalar_t* out, int64_t N, int64_t D, int64_t M,
@@ -36,7 +42,7 @@ cudaError_t bjorck_forward(const scalar_t* q, scalar_t* out, int64_t N, int64_t 
 template <typename scalar_t, typename acc_t>
 cudaError_t bjorck_backward(const scalar_t* grad, const scalar_t* q, scalar_t* grad_q, int64_t N,
                             int64_t D, int64_t M, int64_t max_steps, double tol, int blocks,
-                            acc_t* workspace, cudaStream_t stream);
+                            acc_t* workspace, size_t max_smem_bytes, cudaStream_t stream);
 
 }  // namespace kernels
 }  // namespace lvmfast

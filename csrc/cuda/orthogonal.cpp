@@ -28,9 +28,10 @@ at::Tensor bjorck_orthonormalize_cuda(const at::Tensor& q, int64_t max_steps, do
   if (q.numel() == 0) return out;
   const int64_t D = q.size(-2), M = q.size(-1), N = q.numel() / (D * M);
   const auto* props = at::cuda::getCurrentDeviceProperties();
-  const int blocks = kernels::bjorck_num_blocks(N, props->multiProcessorCount);
   const auto acc = acc_type(q.scalar_type());
   const size_t max_smem = props->sharedMemPerBlockOptin - 32 * 8;  // less the reduction buffer
+  const int blocks = kernels::bjorck_forward_blocks(N, D, M, at::elementSize(acc), max_smem,
+                                                    props->multiProcessorCount);
   const int64_t ws = kernels::bjorck_forward_workspace(D, M, blocks, at::elementSize(acc), max_smem);
   at::Tensor work;
   if (ws > 0) work = at::empty({ws}, q.options().dtype(acc));
@@ -59,18 +60,21 @@ at::Tensor bjorck_orthonormalize_backward_cuda(const at::Tensor& grad, const at:
   at::Tensor grad_q = at::empty(q.sizes(), q.options());
   if (q.numel() == 0) return grad_q;
   const int64_t D = q.size(-2), M = q.size(-1), N = q.numel() / (D * M);
-  const int blocks =
-      kernels::bjorck_num_blocks(N, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  const int blocks = kernels::bjorck_num_blocks(N, props->multiProcessorCount);
+  const auto acc = acc_type(q.scalar_type());
+  const size_t max_smem = props->sharedMemPerBlockOptin - 32 * 8;  // less the reduction buffer
   // Per block (not per matrix): the executed iterates of the block's current matrix.
-  at::Tensor work = at::empty({kernels::bjorck_backward_workspace(D, M, max_steps, blocks)},
-                              q.options().dtype(acc_type(q.scalar_type())));
+  at::Tensor work = at::empty(
+      {kernels::bjorck_backward_workspace(D, M, max_steps, blocks, at::elementSize(acc), max_smem)},
+      q.options().dtype(acc));
   dispatch(kOp, q.scalar_type(), [&](auto types) {
     using scalar_t = typename decltype(types)::scalar;
     using acc_t = typename decltype(types)::acc;
     check_launch(kOp, kernels::bjorck_backward<scalar_t, acc_t>(
         static_cast<const scalar_t*>(gc.data_ptr()), static_cast<const scalar_t*>(qc.data_ptr()),
         static_cast<scalar_t*>(grad_q.data_ptr()), N, D, M, max_steps, tol, blocks,
-        work.data_ptr<acc_t>(), at::cuda::getCurrentCUDAStream()));
+        work.data_ptr<acc_t>(), max_smem, at::cuda::getCurrentCUDAStream()));
   });
   return grad_q;
 }
