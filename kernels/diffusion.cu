@@ -26,8 +26,10 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ void normals4(uint64_t seed, uint32_t stream, uint64_t g, float n[4]) {
   const rng::Uint4 w = rng::philox_group(seed, stream, g);
-  const float ra = sqrtf(-2.0f * logf(rng::uniform_open0(w.x)));
-  const float rb = sqrtf(-2.0f * logf(rng::uniform_open0(w.z)));
+  // fast math makes logf lg2.approx, whose absolute error (~2^-22) can give log(u) > 0 for u
+  // just below 1: clamp, or sqrtf would return NaN
+  const float ra = sqrtf(fmaxf(-2.0f * logf(rng::uniform_open0(w.x)), 0.0f));
+  const float rb = sqrtf(fmaxf(-2.0f * logf(rng::uniform_open0(w.z)), 0.0f));
   float sa, ca, sb, cb;
   sincospif(2.0f * rng::uniform_turn(w.y), &sa, &ca);
   sincospif(2.0f * rng::uniform_turn(w.w), &sb, &cb);
