@@ -20,6 +20,11 @@ def make_q(shape, dtype, device, grad=True):
         # singular values inside (0, 0.9]: never an already orthonormal matrix (M = 1 would be
         # exactly one after plain Frobenius normalization, where the stopping test sits on 0)
         q = 0.9 * q / torch.linalg.matrix_norm(q, keepdim=True)
+        # and at least 0.02: each step multiplies a small singular value (and its rounding error)
+        # by up to 1.5, and random square matrices reach ~1e-4, where 30 steps do not converge
+        # and float32 drifts from float64 by more than any fixed tolerance (a rare flake)
+        u, s, vh = torch.linalg.svd(q, full_matrices=False)
+        q = u @ torch.diag_embed(s.clamp(min=0.02)) @ vh
     return q.to(device=device, dtype=dtype).requires_grad_(grad)
 
 
