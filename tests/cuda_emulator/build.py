@@ -3,10 +3,11 @@ mechanical rewrites below) against the CPU emulation in include/, as a torch ext
 are `torch.ops.lvmfast_emulated.<op>` on CPU tensors. Tests then run the real CUDA sources here.
 
 Rewrites, on copies in the build folder:
-  * kernels/*.cu: the runtime header included first, as nvcc does; `kernel<<<grid, block, smem, stream>>>(args)` -> `::emu::launch(kernel, grid,
-    block, smem, stream)(args)`; `extern __shared__ ... name[];` -> a pointer to the emulated
-    block's dynamic shared memory; `#include <cassert>` -> include/emulated_assert.h (a failing
-    device-side assert raises instead of aborting). Compiled as C++.
+  * kernels/*.cu: the runtime header included first, as nvcc does;
+    `kernel<<<grid, block, smem, stream>>>(args)` -> `::emu::launch(kernel, grid, block, smem,
+    stream)(args)`; `extern __shared__ ... name[];` -> a pointer to the emulated block's dynamic
+    shared memory; `#include <cassert>` -> include/emulated_assert.h (a failing device-side
+    assert raises instead of aborting). Compiled as C++.
   * csrc/cuda/*.cpp: registered for the CPU key of the `lvmfast_emulated` library; `is_cuda()`
     checks accept CPU tensors.
   * csrc/ops.cpp: the same schemas, under `lvmfast_emulated`.
