@@ -15,7 +15,7 @@
 //
 // Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared
 // memory (20 KB at 64 x 32 float; up to 8 blocks an SM then). Products are register-tiled
-// 2 x 2 per thread over the shared operands. The convergence test is a block reduction whose
+// 2 x 2 per thread over the shared operands, loading adjacent pairs when M is even. The convergence test is a block reduction whose
 // result every thread reads from shared memory, so the whole block leaves the loop together and
 // a converged matrix is not touched again; nothing goes back to the host. The backward re-runs
 // the very same forward device function (so it takes the same number of steps) in shared
@@ -25,8 +25,9 @@
 // shared memory run the same code on buffers in the global workspace.
 //
 // History: the version whose backward worked in global memory ran green on an H100
-// (2026-11-26) at 5.8x the arithmetic floor in kernel time; the shared-memory backward and the
-// larger forward grid have run only under the CPU emulation of tests/cuda_emulator.
+// (2026-11-26) at 5.8x the arithmetic floor in kernel time; the shared-memory backward, the
+// larger forward grid and the paired loads have run only under the CPU emulation of
+// tests/cuda_emulator.
 #include "orthogonal.cuh"
 #include "convert.cuh"
 
@@ -55,7 +56,27 @@ __device__ acc_t block_sum(acc_t x, acc_t* red) {
   return total;
 }
 
-// C (M x M) = X^T Y for X, Y (D x M) row-major; 2 x 2 outputs per thread.
+// Two adjacent elements in one shared-memory load. A warp's 2 x 2 tiles read 2 distinct x pairs
+// and 16 distinct y pairs per step: one wavefront each as pairs, against one per element, so the
+// products are less bound by shared-memory bandwidth (with scalar loads, 4 B per FMA held them
+// to a quarter of the FMA rate).
+template <typename acc_t>
+struct Pair;
+template <>
+struct Pair<float> {
+  using type = float2;
+};
+template <>
+struct Pair<double> {
+  using type = double2;
+};
+template <typename acc_t>
+__device__ __forceinline__ typename Pair<acc_t>::type load_pair(const acc_t* p) {
+  return *reinterpret_cast<const typename Pair<acc_t>::type*>(p);
+}
+
+// C (M x M) = X^T Y for X, Y (D x M) row-major; 2 x 2 outputs per thread. Paired loads when M
+// is even (every row then starts on a pair boundary).
 template <typename acc_t>
 __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int64_t D, int64_t M) {
   const int64_t tiles = (M + 1) / 2;
@@ -63,12 +84,20 @@ __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int64_t D, int
     const int64_t i0 = 2 * (t / tiles), j0 = 2 * (t % tiles);
     const bool i1ok = i0 + 1 < M, j1ok = j0 + 1 < M;
     acc_t c00 = 0, c01 = 0, c10 = 0, c11 = 0;
-    for (int64_t d = 0; d < D; ++d) {
-      const acc_t* x = X + d * M;
-      const acc_t* y = Y + d * M;
-      const acc_t a0 = x[i0], a1 = i1ok ? x[i0 + 1] : acc_t(0);
-      const acc_t b0 = y[j0], b1 = j1ok ? y[j0 + 1] : acc_t(0);
-      c00 += a0 * b0, c01 += a0 * b1, c10 += a1 * b0, c11 += a1 * b1;
+    if (M % 2 == 0) {
+      for (int64_t d = 0; d < D; ++d) {
+        const auto a = load_pair(X + d * M + i0);
+        const auto b = load_pair(Y + d * M + j0);
+        c00 += a.x * b.x, c01 += a.x * b.y, c10 += a.y * b.x, c11 += a.y * b.y;
+      }
+    } else {
+      for (int64_t d = 0; d < D; ++d) {
+        const acc_t* x = X + d * M;
+        const acc_t* y = Y + d * M;
+        const acc_t a0 = x[i0], a1 = i1ok ? x[i0 + 1] : acc_t(0);
+        const acc_t b0 = y[j0], b1 = j1ok ? y[j0 + 1] : acc_t(0);
+        c00 += a0 * b0, c01 += a0 * b1, c10 += a1 * b0, c11 += a1 * b1;
+      }
     }
     C[i0 * M + j0] = c00;
     if (j1ok) C[i0 * M + j0 + 1] = c01;
@@ -77,7 +106,8 @@ __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int64_t D, int
   }
 }
 
-// C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z, X (D x M), Y (M x M); X2 may be null.
+// C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z, X (D x M), Y (M x M); X2 may be null. Paired loads
+// when M is even: two steps of k at once, X's pair along its row, Y's pair along each row.
 template <typename acc_t>
 __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                         const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int64_t D,
@@ -90,10 +120,20 @@ __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t*
     for (int pass = 0; pass < (X2 != nullptr ? 2 : 1); ++pass) {
       const acc_t* X = pass == 0 ? X1 : X2;
       const acc_t* Y = pass == 0 ? Y1 : Y2;
-      for (int64_t k = 0; k < M; ++k) {
-        const acc_t a0 = X[r0 * M + k], a1 = r1ok ? X[(r0 + 1) * M + k] : acc_t(0);
-        const acc_t b0 = Y[k * M + c0], b1 = c1ok ? Y[k * M + c0 + 1] : acc_t(0);
-        c00 += a0 * b0, c01 += a0 * b1, c10 += a1 * b0, c11 += a1 * b1;
+      if (M % 2 == 0) {
+        const int64_t r1 = r1ok ? r0 + 1 : r0;  // a last odd row repeats r0; its sums are dropped
+        for (int64_t k = 0; k < M; k += 2) {
+          const auto x0 = load_pair(X + r0 * M + k), x1 = load_pair(X + r1 * M + k);
+          const auto y0 = load_pair(Y + k * M + c0), y1 = load_pair(Y + (k + 1) * M + c0);
+          c00 += x0.x * y0.x + x0.y * y1.x, c01 += x0.x * y0.y + x0.y * y1.y;
+          c10 += x1.x * y0.x + x1.y * y1.x, c11 += x1.x * y0.y + x1.y * y1.y;
+        }
+      } else {
+        for (int64_t k = 0; k < M; ++k) {
+          const acc_t a0 = X[r0 * M + k], a1 = r1ok ? X[(r0 + 1) * M + k] : acc_t(0);
+          const acc_t b0 = Y[k * M + c0], b1 = c1ok ? Y[k * M + c0 + 1] : acc_t(0);
+          c00 += a0 * b0, c01 += a0 * b1, c10 += a1 * b0, c11 += a1 * b1;
+        }
       }
     }
     C[r0 * M + c0] = alpha * c00 + beta * Z[r0 * M + c0];
@@ -153,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __res
                                                            int64_t D, int64_t M,
                                                            int64_t max_steps, acc_t tol2,
                                                            acc_t* workspace) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // paired loads need 16 B
   __shared__ acc_t red[32];
   const int64_t DM = D * M;
   acc_t* buf = workspace != nullptr ? workspace + blockIdx.x * (2 * DM + M * M)
@@ -177,7 +217,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
     const scalar_t* __restrict__ grad, const scalar_t* __restrict__ q,
     scalar_t* __restrict__ grad_q, int64_t N, int64_t D, int64_t M, int64_t max_steps,
     acc_t tol2, acc_t* workspace) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // paired loads need 16 B
   __shared__ acc_t red[32];
   const int64_t DM = D * M, MM = M * M;
   const int64_t steps_slots = max_steps > 0 ? max_steps : 1;

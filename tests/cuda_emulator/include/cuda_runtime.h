@@ -52,6 +52,9 @@ struct float2 {
 struct float4 {
   float x, y, z, w;
 };
+struct double2 {
+  double x, y;
+};
 struct uint4 {
   unsigned x, y, z, w;
 };
