@@ -101,28 +101,62 @@ __device__ __forceinline__ void put(scalar_t* own, acc_t* shared, int64_t i, acc
     own[i] = from_acc<scalar_t>(v);
 }
 
-// Shared-memory copies of one sample's matrices: the upper triangles of R1 and R2 (rows by
-// warps, columns by lanes; the lower triangles are neither read nor written) and a dense Q.
-// A shared parameter (batch stride 0) is copied for the block's first sample only.
+// Shared-memory copies of one sample's matrices: the upper triangles of R1 and R2 (the lower
+// triangles are neither read nor written) and a dense Q. A shared parameter (batch stride 0) is
+// copied for the block's first sample only. Each thread walks the flat index in steps of the
+// block (coalesced) and issues kBatch loads per matrix before storing any, so that many loads
+// are in flight: a load-then-store loop would wait out one memory latency per element.
 template <typename acc_t>
 struct Staged {
   acc_t *r1, *r2, *q;
 };
 
+constexpr int kBatch = 8;
+
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* R1,
                                       const scalar_t* R2, const scalar_t* Q,
                                       const SylvesterDims& p, bool first, int tid) {
-  const int64_t M = p.M, lane = tid & 31, warp = tid >> 5;
+  // staged sizes are small (kStagedSmemLimit): 32-bit indices
+  const int M = static_cast<int>(p.M), MM = M * M;
   const bool copy_r1 = first || p.r1_bs != 0, copy_r2 = first || p.r2_bs != 0;
-  for (int64_t m = warp; m < M; m += kWarps) {
-    for (int64_t k = m + lane; k < M; k += 32) {
-      if (copy_r1) dst.r1[m * M + k] = load<acc_t>(R1, m * M + k);
-      if (copy_r2) dst.r2[m * M + k] = load<acc_t>(R2, m * M + k);
+  // (m, k) of the flat index i = m M + k, advanced by kThreads without a division per step
+  const int dm = kThreads / M, dk = kThreads % M;
+  int i = tid, m = tid / M, k = tid % M;
+  while (i < MM) {
+    acc_t v1[kBatch], v2[kBatch];
+    int at[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const bool upper = i < MM && k >= m;
+      at[u] = upper ? i : -1;
+      v1[u] = upper && copy_r1 ? load<acc_t>(R1, i) : acc_t(0);
+      v2[u] = upper && copy_r2 ? load<acc_t>(R2, i) : acc_t(0);
+      i += kThreads, m += dm, k += dk;
+      if (k >= M) k -= M, ++m;
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      if (at[u] < 0) continue;
+      if (copy_r1) dst.r1[at[u]] = v1[u];
+      if (copy_r2) dst.r2[at[u]] = v2[u];
     }
   }
-  if (p.qkind == 2 && (first || p.q_bs != 0))
-    for (int64_t i = tid; i < p.D * M; i += kThreads) dst.q[i] = load<acc_t>(Q, i);
+  if (p.qkind != 2 || !(first || p.q_bs != 0)) return;
+  const int DM = static_cast<int>(p.D) * M;
+  for (int base = tid; base < DM; base += kBatch * kThreads) {
+    acc_t v[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int j = base + u * kThreads;
+      v[u] = j < DM ? load<acc_t>(Q, j) : acc_t(0);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int j = base + u * kThreads;
+      if (j < DM) dst.q[j] = v[u];
+    }
+  }
 }
 
 // Shared-memory elements of a block: the vectors, then (staged) the matrices.
