@@ -14,7 +14,8 @@
 // Goal: within 2x, i.e. ~240 us forward and ~600 us backward.
 //
 // Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared
-// memory (20 KB at 64 x 32 float; up to 8 blocks an SM then). Products are register-tiled
+// memory (20 KB at 64 x 32 float; the grid then has up to 8 blocks an SM, 5 of them resident
+// at the 44 registers ptxas gives the float kernel for sm_90; forcing 8 spills). Products are register-tiled
 // 2 x 2 per thread over the shared operands, loading adjacent pairs when M is even. The convergence test is a block reduction whose
 // result every thread reads from shared memory, so the whole block leaves the loop together and
 // a converged matrix is not touched again; nothing goes back to the host. The backward re-runs
@@ -175,9 +176,30 @@ __device__ int64_t run_forward(acc_t* qs, acc_t* as, int64_t D, int64_t M, int64
   return k;
 }
 
+// dst[0, n) = src[0, n) by the whole block: each thread issues kCopyBatch loads before storing
+// any, so that a copy waits out about one memory latency per batch, not one per element.
+constexpr int kCopyBatch = 8;
+
+template <typename dst_t, typename src_t>
+__device__ __forceinline__ void block_copy(dst_t* dst, const src_t* src, int64_t n) {
+  for (int64_t base = threadIdx.x; base < n; base += kCopyBatch * blockDim.x) {
+    dst_t v[kCopyBatch];
+#pragma unroll
+    for (int u = 0; u < kCopyBatch; ++u) {
+      const int64_t i = base + u * blockDim.x;
+      v[u] = i < n ? to_acc<dst_t>(src[i]) : dst_t(0);
+    }
+#pragma unroll
+    for (int u = 0; u < kCopyBatch; ++u) {
+      const int64_t i = base + u * blockDim.x;
+      if (i < n) dst[i] = v[u];
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 __device__ void load_matrix(const scalar_t* src, acc_t* dst, int64_t n) {
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = to_acc<acc_t>(src[i]);
+  block_copy(dst, src, n);
   __syncthreads();
 }
 
@@ -236,8 +258,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
     load_matrix(grad + m * DM, g, DM);
     for (int64_t j = k - 1; j >= 0; --j) {
       // Q_j and A_j back from the workspace (the barrier after the copies makes them visible)
-      for (int64_t i = threadIdx.x; i < DM; i += blockDim.x) qs[i] = keep_q[j * DM + i];
-      for (int64_t i = threadIdx.x; i < MM; i += blockDim.x) as[i] = keep_a[j * MM + i];
+      block_copy(qs, keep_q + j * DM, DM);
+      block_copy(as, keep_a + j * MM, MM);
       __syncthreads();
       gemm_tn(s, qs, g, D, M);  // S = Q_j^T G
       __syncthreads();
