@@ -13,17 +13,17 @@
 //             (3 D M^2 FMA) -> 8.1 + 12.1 = 20.1 GFLOP -> 300 us.
 // Goal: within 2x, i.e. ~240 us forward and ~600 us backward.
 //
-// Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared
-// memory (20 KB at 64 x 32 float; the grid then has up to 8 blocks an SM, 5 of them resident
-// at the 44 registers ptxas gives the float kernel for sm_90; forcing 8 spills). Products are register-tiled
-// 2 x 2 per thread over the shared operands, loading adjacent pairs when M is even. The convergence test is a block reduction whose
-// result every thread reads from shared memory, so the whole block leaves the loop together and
-// a converged matrix is not touched again; nothing goes back to the host. The backward re-runs
-// the very same forward device function (so it takes the same number of steps) in shared
-// memory, copying each executed iterate Q_j, A_j out to the block's slice of a global workspace
-// (per block, not per matrix: memory does not grow with the batch); it then walks them back,
-// loading Q_j and A_j into shared memory beside the gradient buffers. Matrices too large for
-// shared memory run the same code on buffers in the global workspace.
+// Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared memory
+// (20 KB at 64 x 32 float; the grid then has up to 8 blocks an SM, 5 of them resident at the 44
+// registers ptxas gives the float kernel for sm_90; forcing 8 spills). Products are register-tiled
+// 2 x 2 per thread over the shared operands, loading adjacent pairs when M is even. The convergence
+// test is a block reduction whose result every thread reads from shared memory, so the whole block
+// leaves the loop together and a converged matrix is not touched again; nothing goes back to the
+// host. The backward re-runs the very same forward device function (so it takes the same number of
+// steps) in shared memory, copying each executed iterate Q_j, A_j out to the block's slice of a
+// global workspace (per block, not per matrix: memory does not grow with the batch); it then walks
+// them back, loading Q_j and A_j into shared memory beside the gradient buffers. Matrices too large
+// for shared memory run the same code on buffers in the global workspace.
 //
 // History: the version whose backward worked in global memory ran green on an H100
 // (2026-11-26) at 5.8x the arithmetic floor in kernel time; the shared-memory backward, the
