@@ -137,4 +137,7 @@ def test_non_contiguous_inputs(emulated_cuda, shared):
     gn = g.t().contiguous().t()
     assert not any(t.is_contiguous() for t in (zn, vn, gn))
     for a, b in zip(run_emulated(ops, z, v, g), run_emulated(ops, zn, vn, gn)):
-        assert torch.equal(a, b)
+        if shared:  # a shared v's gradient is summed by atomics, in the order threads arrive
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        else:
+            assert torch.equal(a, b)

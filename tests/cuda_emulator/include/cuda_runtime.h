@@ -5,14 +5,17 @@
 // Model: a launch runs its blocks one after another. Each thread of a block is a fiber (ucontext)
 // with its own stack; one OS thread switches between them at every barrier, so __syncthreads and
 // the warp shuffles are exact: a fiber waits until every thread of its block (of its warp, for a
-// shuffle or __syncwarp) has reached a barrier. A barrier that can never complete (a shuffle
-// inside divergent code, __syncthreads reached by part of a warp) is reported as an error, as is
-// a launch over the hardware limits (1024 threads, 48 KB of dynamic shared memory without the
-// opt-in attribute, 227 KB with it), and a failing device-side assert (emulated_assert.h).
-// Dynamic shared memory starts as NaN bytes, so reading it before writing shows up in the results.
+// shuffle or __syncwarp) has reached a barrier. Between barriers the threads run in a shuffled
+// order, so a missing barrier shows up whichever thread index reads first. A barrier that can never
+// complete (a shuffle inside divergent code, __syncthreads reached by part of a warp) is reported
+// as an error, as is a launch over the hardware limits (1024 threads, 48 KB of dynamic shared
+// memory without the opt-in attribute, 227 KB with it), and a failing device-side assert
+// (emulated_assert.h). Dynamic shared memory starts as NaN bytes, so reading it before writing
+// shows up in the results.
 //
-// What it cannot show: data races (threads never run concurrently), the memory model, timing,
-// and the GPU's own rounding (fast-math intrinsics run as host libm here).
+// What it cannot show: races within a phase beyond what the order exposes (threads never run
+// concurrently), races between blocks, the memory model, timing, and the GPU's own rounding
+// (fast-math intrinsics run as host libm here).
 #pragma once
 
 #include <ucontext.h>
@@ -131,6 +134,22 @@ inline int num_sms() {
   return env != nullptr ? std::atoi(env) : 2;
 }
 
+// The order in which the ready threads of a block run up to their next barrier: shuffled by
+// default (a fixed xorshift sequence, so runs repeat), so that a read of another thread's write
+// without a barrier between them gets stale data in some phase instead of always passing in
+// index order. LVMFAST_EMULATED_ORDER=forward restores index order.
+inline bool shuffled_order() {
+  const char* env = std::getenv("LVMFAST_EMULATED_ORDER");
+  return env == nullptr || std::strcmp(env, "forward") != 0;
+}
+inline void shuffle(std::vector<size_t>& order) {
+  static thread_local uint64_t state = 0x9E3779B97F4A7C15ull;
+  for (size_t i = order.size(); i > 1; --i) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    std::swap(order[i - 1], order[state % i]);
+  }
+}
+
 inline void to_scheduler() {
   Fiber& f = self();
   swapcontext(&f.context, &active()->scheduler);
@@ -230,6 +249,9 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
   std::vector<Fiber> fibers(threads);
   for (auto& f : fibers) f.stack.reset(new char[kStackBytes]);
   std::vector<unsigned char> shared(shared_bytes + 16, 0xFF);
+  std::vector<size_t> order(threads);
+  for (size_t t = 0; t < threads; ++t) order[t] = t;
+  const bool shuffled = shuffled_order();
   Block b;
   b.grid = grid;
   b.block = block;
@@ -259,7 +281,9 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
           makecontext(&f.context, fiber_entry, 0);
         }
         for (;;) {
-          for (auto& f : fibers) {
+          if (shuffled) shuffle(order);
+          for (const size_t t : order) {
+            Fiber& f = fibers[t];
             if (f.state != State::kReady) continue;
             b.current = &f;
             swapcontext(&b.scheduler, &f.context);
