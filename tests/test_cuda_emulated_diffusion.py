@@ -189,7 +189,9 @@ def test_forward_chain_backward_needs_the_forwards_noise(emulated_cuda):
     cot = torch.randn_like(z)
     same = ops.forward_chain_backward(cot, x, coefs, seed_of(1), z)
     other = ops.forward_chain_backward(cot, x, coefs, seed_of(2), z)
-    assert torch.equal(same[0], other[0]) and torch.equal(same[1][:, 0], other[1][:, 0])
+    assert torch.equal(same[0], other[0])
+    # the coefficient gradients are sums by atomics, in the order the threads arrive
+    torch.testing.assert_close(same[1][:, 0], other[1][:, 0], rtol=1e-12, atol=1e-14)
     assert (same[1][:, 1] - other[1][:, 1]).abs().min() > 1e-6
 
 

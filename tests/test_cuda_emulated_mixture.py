@@ -161,4 +161,6 @@ def test_non_contiguous_inputs(emulated_cuda):
     g = torch.randn(z.shape[:-1], dtype=torch.float64).t().contiguous().t()
     a = run_emulated(ops, inputs, g)
     b = run_emulated(ops, [t.contiguous() for t in inputs], g.contiguous())
-    assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+    assert torch.equal(a[0], b[0])
+    for x, y in zip(a[1], b[1]):  # parameter gradients are sums by atomics, in arrival order
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
