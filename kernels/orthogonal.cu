@@ -276,22 +276,24 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   }
 }
 
+// min(N, per_sm * num_sms) blocks, at least one.
+int blocks_for(int64_t N, int per_sm, int num_sms) {
+  const int64_t b = static_cast<int64_t>(num_sms) * per_sm;
+  return static_cast<int>(N < b ? (N > 0 ? N : 1) : b);
+}
+
 size_t forward_smem(int64_t D, int64_t M, size_t acc_size) {
   return static_cast<size_t>(2 * D * M + M * M) * acc_size;
 }
 
 }  // namespace
 
-int bjorck_num_blocks(int64_t N, int num_sms) {
-  const int64_t b = static_cast<int64_t>(num_sms) * kBlocksPerSm;
-  return static_cast<int>(N < b ? (N > 0 ? N : 1) : b);
-}
+int bjorck_num_blocks(int64_t N, int num_sms) { return blocks_for(N, kBlocksPerSm, num_sms); }
 
 int bjorck_forward_blocks(int64_t N, int64_t D, int64_t M, size_t acc_size,
                           size_t max_smem_bytes, int num_sms) {
-  if (forward_smem(D, M, acc_size) > max_smem_bytes) return bjorck_num_blocks(N, num_sms);
-  const int64_t b = static_cast<int64_t>(num_sms) * kForwardBlocksPerSm;
-  return static_cast<int>(N < b ? (N > 0 ? N : 1) : b);
+  const bool in_smem = forward_smem(D, M, acc_size) <= max_smem_bytes;
+  return blocks_for(N, in_smem ? kForwardBlocksPerSm : kBlocksPerSm, num_sms);
 }
 
 int64_t bjorck_forward_workspace(int64_t D, int64_t M, int blocks, size_t acc_size,

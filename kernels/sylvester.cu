@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Gradient outputs of one sample: amortized pointers (already offset to the sample) or, for a
-// shared parameter, the block's workspace slice (then `own` is unused).
+// shared parameter, the block's workspace slice ws_* (its own pointer is then null).
 template <typename scalar_t, typename acc_t>
 struct SampleGrads {
   scalar_t *z, *r1, *r2, *b, *q;

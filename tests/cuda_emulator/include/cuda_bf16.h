@@ -23,4 +23,3 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   x += 0x7fffu + ((x >> 16) & 1u);  // round to nearest even
   return {uint16_t(x >> 16)};
 }
-inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }

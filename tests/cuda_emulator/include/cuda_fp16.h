@@ -55,4 +55,3 @@ inline __half __float2half_rn(float f) {
   const uint16_t mantissa = uint16_t(std::nearbyint((m2 * 2.0f - 1.0f) * 1024.0f));
   return {uint16_t(sign | exponent << 10 | mantissa)};
 }
-inline __half __float2half(float f) { return __float2half_rn(f); }

@@ -5,7 +5,7 @@
 // Model: a launch runs its blocks one after another. Each thread of a block is a fiber (ucontext)
 // with its own stack; one OS thread switches between them at every barrier, so __syncthreads and
 // the warp shuffles are exact: a fiber waits until every thread of its block (of its warp, for a
-// shuffle or __syncwarp) has reached a barrier. Between barriers the threads run in a shuffled
+// shuffle) has reached a barrier. Between barriers the threads run in a shuffled
 // order, so a missing barrier shows up whichever thread index reads first. A barrier that can never
 // complete (a shuffle inside divergent code, __syncthreads reached by part of a warp) is reported
 // as an error, as is a launch over the hardware limits (1024 threads, 48 KB of dynamic shared
@@ -58,12 +58,7 @@ struct float4 {
 struct double2 {
   double x, y;
 };
-struct uint4 {
-  unsigned x, y, z, w;
-};
-inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
 enum cudaError_t {
   cudaSuccess = 0,
@@ -75,14 +70,10 @@ typedef cudaError_t cudaError;
 typedef struct CUstream_st* cudaStream_t;
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
+// The fields the glue reads.
 struct cudaDeviceProp {
-  char name[256];
   int multiProcessorCount;
-  int major, minor;
-  int maxThreadsPerBlock;
-  size_t sharedMemPerBlock;
   size_t sharedMemPerBlockOptin;
-  int warpSize;
 };
 
 namespace emu {
@@ -97,7 +88,7 @@ struct Fiber {
   ucontext_t context;
   std::unique_ptr<char[]> stack;
   uint3 index;
-  int lane = 0, warp = 0;
+  int lane = 0;
   State state = State::kReady;
   unsigned mask = 0;  // the lanes of a warp barrier
   int source = 0;     // the lane a shuffle reads
@@ -107,7 +98,6 @@ struct Fiber {
 struct Block {
   dim3 grid, block;
   uint3 index;
-  std::vector<Fiber>* fibers = nullptr;
   Fiber* current = nullptr;
   ucontext_t scheduler;
   unsigned char* shared = nullptr;
@@ -255,7 +245,6 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
   Block b;
   b.grid = grid;
   b.block = block;
-  b.fibers = &fibers;
   Block* outer = active();
   Body* outer_body = current_body();
   active() = &b;
@@ -272,7 +261,6 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
           f.index = {unsigned(t % block.x), unsigned(t / block.x % block.y),
                      unsigned(t / (size_t(block.x) * block.y))};
           f.lane = int(t % 32);
-          f.warp = int(t / 32);
           f.state = State::kReady;
           getcontext(&f.context);
           f.context.uc_stack.ss_sp = f.stack.get();
@@ -298,7 +286,7 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
           if (done == threads) break;
           if (at_warp > 0) {
             if (!release_warps(fibers))
-              fiber_error() = "deadlock: a warp shuffle or __syncwarp that not every lane of its mask reaches";
+              fiber_error() = "deadlock: a warp shuffle that not every lane of its mask reaches";
           } else if (at_block > 0) {
             for (auto& f : fibers)
               if (f.state == State::kBlockBarrier) f.state = State::kReady;
@@ -351,16 +339,12 @@ Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_
 #define blockIdx (::emu::active()->index)
 #define blockDim (::emu::active()->block)
 #define gridDim (::emu::active()->grid)
-constexpr int warpSize = 32;
 
 inline unsigned char* emulated_dynamic_shared() { return ::emu::active()->shared; }
 
 inline void __syncthreads() {
   ::emu::self().state = ::emu::State::kBlockBarrier;
   ::emu::to_scheduler();
-}
-inline void __syncwarp(unsigned mask = 0xffffffffu) {
-  ::emu::warp_exchange<int>(mask, 0, ::emu::self().lane);
 }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
@@ -373,18 +357,6 @@ T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int src = (lane % width) + int(delta) < width ? lane + int(delta) : lane;
   return ::emu::warp_exchange(mask, v, src);
 }
-template <typename T>
-T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-  const int lane = ::emu::self().lane;
-  const int src = (lane % width) >= int(delta) ? lane - int(delta) : lane;
-  return ::emu::warp_exchange(mask, v, src);
-}
-template <typename T>
-T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
-  const int lane = ::emu::self().lane;
-  return ::emu::warp_exchange(mask, v, (lane & ~(width - 1)) + (src_lane % width));
-}
-
 // One fiber runs at a time: atomics are plain read-modify-writes.
 template <typename T>
 T atomicAdd(T* address, T value) {
@@ -397,18 +369,7 @@ inline float4 atomicAdd(float4* address, float4 v) {
   *address = {old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w};
   return old;
 }
-template <typename T>
-T atomicMax(T* address, T value) {
-  const T old = *address;
-  if (value > old) *address = value;
-  return old;
-}
-template <typename T>
-T __ldg(const T* p) {
-  return *p;
-}
-
-// Device math that host libm lacks (fast-math intrinsics run at host precision).
+// CUDA's sincospi, which host libm lacks.
 inline void sincospif(float x, float* s, float* c) {
   *s = std::sin(float(M_PI) * x);
   *c = std::cos(float(M_PI) * x);
@@ -417,36 +378,11 @@ inline void sincospi(double x, double* s, double* c) {
   *s = std::sin(M_PI * x);
   *c = std::cos(M_PI * x);
 }
-inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
-inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
-inline float __fdividef(float a, float b) { return a / b; }
-inline float __fdiv_rn(float a, float b) { return a / b; }
-inline double __ddiv_rn(double a, double b) { return a / b; }
-inline float __frcp_rn(float a) { return 1.0f / a; }
-inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
-inline unsigned __float_as_uint(float x) {
-  unsigned u;
-  std::memcpy(&u, &x, 4);
-  return u;
-}
-inline float __uint_as_float(unsigned u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-inline unsigned __umulhi(unsigned a, unsigned b) { return unsigned((uint64_t(a) * b) >> 32); }
-inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
-  return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
-}
-
 inline cudaError_t cudaGetLastError() {
   const cudaError_t e = ::emu::last_error();
   ::emu::last_error() = cudaSuccess;
   return e;
 }
-inline cudaError_t cudaPeekAtLastError() { return ::emu::last_error(); }
 inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "no error";
