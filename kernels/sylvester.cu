@@ -17,28 +17,32 @@
 // Design: a block of 128 threads owns one sample at a time (grid-stride over the batch).
 // The sample's vectors (z, y, h, c, gradients: O(D + M)) live in shared memory. Its matrices
 // are staged there too when they fit (kStagedSmemLimit): every thread issues its share of
-// the upper triangles (and of a dense Q) at once, so the loads overlap, and the mat-vecs then
-// read shared memory. Reading the matrices from global memory inside the mat-vecs instead (the
-// fallback for large M) serializes a memory latency per row: on an H100 that version took
-// 4-6x the floor in kernel time (benchmarks/results/gpu-h100-2026-11-26.md). Access order:
-//   * R v (upper part of row m): one warp per row, lanes along the row, shuffle reduction.
-//   * R^T v (column k, rows m <= k): one thread per column, rows in the loop (consecutive
-//     threads read consecutive addresses of row m: coalesced, and free of bank conflicts).
-//   * Q^T v: thread per column; Q v: warp per row.
+// the upper triangles (and of a dense Q) at once, as asynchronous copies (cp.async, sm_80+) when
+// no conversion is needed, so a sample's loads overlap. The mat-vecs then read shared memory:
+//   * R v and Q v (rows): a group of g threads of one warp per row, all rows of a pass at once
+//     (g = 2 at M = 64), a shuffle reduction per group, and tanh, log and the gradient terms of
+//     every row evaluated in parallel. Row strides are padded (staged_ld) so that the groups of
+//     a warp hit 32 distinct banks.
+//   * R^T v and Q^T v (columns): one thread per column, rows in the loop (consecutive threads
+//     read consecutive addresses: coalesced, free of bank conflicts).
 //   * gradients of R1, R2, Q: rows by warps, columns by lanes, one coalesced store per element
 //     (the zeros below the diagonal are written in the same pass, no memset).
-// The backward pass recomputes y, h and c; nothing but the inputs is saved. A shared parameter
-// is staged once per block, and its gradient is accumulated into the block's own workspace
-// slice (no atomics: each element is owned by one thread of one block); the host sums the
-// slices.
+// Matrices too large for shared memory are read from global memory, one warp per row with the
+// lanes along it. The backward pass recomputes y, h and c; nothing but the inputs is saved.
+// A shared parameter is staged once per block, and its gradient is accumulated into the block's
+// own workspace slice (no atomics: each element is owned by one thread of one block); the host
+// sums the slices.
 //
-// History: the global-memory version ran green on an H100 (2026-11-26). The staged version and
-// the double-precision tanh/log have run only under the CPU emulation of tests/cuda_emulator.
+// History (H100, benchmarks/results/gpu-h100-2026-11-26*.md): mat-vecs reading global memory
+// took 4-6x the floor in kernel time; staging with register batches and one warp per row, in
+// series over the rows, still took 4.0-9.1x: the rows' shuffle reductions, tanh and log ran one
+// after another. The row groups and asynchronous copies address that.
 #include "convert.cuh"
 #include "sylvester.cuh"
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace lvmfast {
 namespace kernels {
@@ -56,8 +60,8 @@ __device__ __forceinline__ acc_t load(const T* p, int64_t i) {
 
 // tanh and log|x| in double for float: setup.py builds with fast math, which turns tanhf into
 // the tanh.approx.f32 instruction (2^-11 relative error) and logf into lg2.approx. The double
-// routines are not affected and round to within an ulp of float; M of them per sample cost
-// nothing next to the sample's M^2 loads.
+// routines are not affected and round to within an ulp of float; M of them per sample, run
+// by M threads at once, cost little next to the sample's M^2 loads.
 __device__ __forceinline__ float tanh_acc(float x) {
   return static_cast<float>(tanh(static_cast<double>(x)));
 }
@@ -74,6 +78,23 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// Threads that share a row in the staged row dots: the largest power of two g <= 32 with
+// g * rows <= kThreads, so that every row of a pass runs at once and a group sits in one warp.
+__host__ __device__ __forceinline__ int group_size(int64_t rows) {
+  int g = 1;
+  while (g < 32 && 2 * g * rows <= kThreads) g *= 2;
+  return g;
+}
+
+// Row stride of a staged rows x cols matrix. Lane j of row m's group starts at column
+// m + j (upper triangle) or j (dense), i.e. at element m (ld + 1) + j or m ld + j; with
+// ld + 1 (upper) or ld (dense) = g mod 32, the 32 / g rows of a warp times g lanes fall on
+// 32 distinct banks.
+__host__ __device__ __forceinline__ int64_t staged_ld(int64_t rows, int64_t cols, bool upper) {
+  const int64_t want = (group_size(rows) - (upper ? 1 : 0)) % 32;
+  return cols + ((want - cols % 32) % 32 + 32) % 32;
+}
+
 // sum_{k >= k0} row[k] v[k], by one warp (all lanes get the result).
 template <typename acc_t, typename mat_t>
 __device__ __forceinline__ acc_t warp_row_dot(const mat_t* row, const acc_t* v, int64_t k0,
@@ -83,12 +104,44 @@ __device__ __forceinline__ acc_t warp_row_dot(const mat_t* row, const acc_t* v, 
   return warp_sum(s);
 }
 
-// sum_{m <= k} R[m, k] v[m]: column k of the upper triangle, by one thread.
+// emit(m, sum_{k >= k0} A[m ld + k] v[k]) for every row m < rows, on one thread per row, with
+// k0 = m for an upper triangle and 0 for a dense matrix. Staged (shared memory): a group of
+// group_size(rows) lanes per row. Global memory: a warp per row, lanes along it (coalesced).
+// Every thread of the block must call it (the shuffles need whole warps).
+template <bool kStaged, typename acc_t, typename mat_t, typename Emit>
+__device__ __forceinline__ void row_dots(const mat_t* A, int64_t ld, const acc_t* v,
+                                         int64_t rows, int64_t cols, bool upper, int tid,
+                                         Emit&& emit) {
+  if constexpr (kStaged) {
+    // staged sizes are small (kStagedSmemLimit): 32-bit indices
+    const int g = group_size(rows), j = tid & (g - 1), per_pass = kThreads / g;
+    const int n = static_cast<int>(cols), lda = static_cast<int>(ld);
+    for (int base = 0; base < rows; base += per_pass) {
+      const int m = base + tid / g;
+      acc_t s = 0;
+      if (m < rows) {
+        const mat_t* row = A + m * lda;
+        for (int k = (upper ? m : 0) + j; k < n; k += g) s += load<acc_t>(row, k) * v[k];
+      }
+      for (int offset = g >> 1; offset > 0; offset >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, offset);
+      if (m < rows && j == 0) emit(m, s);
+    }
+  } else {
+    const int lane = tid & 31, warp = tid >> 5;
+    for (int64_t m = warp; m < rows; m += kWarps) {
+      const acc_t s = warp_row_dot(A + m * ld, v, upper ? m : 0, cols, lane);
+      if (lane == 0) emit(m, s);
+    }
+  }
+}
+
+// sum_{m <= k} R[m ld + k] v[m]: column k of the upper triangle, by one thread.
 template <typename acc_t, typename mat_t>
-__device__ __forceinline__ acc_t column_dot(const mat_t* R, const acc_t* v, int64_t k,
-                                            int64_t M) {
+__device__ __forceinline__ acc_t column_dot(const mat_t* R, int64_t ld, const acc_t* v,
+                                            int64_t k) {
   acc_t s = 0;
-  for (int64_t m = 0; m <= k; ++m) s += load<acc_t>(R, m * M + k) * v[m];
+  for (int64_t m = 0; m <= k; ++m) s += load<acc_t>(R, m * ld + k) * v[m];
   return s;
 }
 
@@ -101,67 +154,105 @@ __device__ __forceinline__ void put(scalar_t* own, acc_t* shared, int64_t i, acc
     own[i] = from_acc<scalar_t>(v);
 }
 
+// Global-to-shared copy of one element without a register round trip (cp.async, sm_80+), so a
+// thread can have all of its share of a sample in flight at once. Plain copy elsewhere (older
+// GPUs, the CPU emulation).
+template <typename T>
+__device__ __forceinline__ void copy_async(T* dst, const T* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "cp.async copies 4, 8 or 16 bytes");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(dst))),
+               "l"(src), "n"(static_cast<int>(sizeof(T))));
+#else
+  *dst = *src;
+#endif
+}
+__device__ __forceinline__ void wait_async_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 // Shared-memory copies of one sample's matrices: the upper triangles of R1 and R2 (the lower
-// triangles are neither read nor written) and a dense Q. A shared parameter (batch stride 0) is
-// copied for the block's first sample only. Each thread walks the flat index in steps of the
-// block (coalesced) and issues kBatch loads per matrix before storing any, so that many loads
-// are in flight: a load-then-store loop would wait out one memory latency per element.
+// triangles are neither read nor written) and a dense Q, row strides padded (staged_ld).
 template <typename acc_t>
 struct Staged {
   acc_t *r1, *r2, *q;
+  int64_t ldr, ldq;
 };
 
 constexpr int kBatch = 8;
 
+// dst_a, dst_b (row stride ld) = a, b (rows x cols, row-major), the upper triangles only if
+// `upper`; b is skipped unless copy_b, a unless copy_a. Each thread walks the flat index in
+// steps of the block (coalesced), (row, col) advanced without a division per step. Without a
+// conversion the copies are asynchronous (the caller waits: wait_async_copies); with one, each
+// thread issues kBatch loads per matrix before storing any, so that many loads are in flight.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage_pair(acc_t* dst_a, const scalar_t* a, bool copy_a,
+                                           acc_t* dst_b, const scalar_t* b, bool copy_b,
+                                           int rows, int cols, int ld, bool upper, int tid) {
+  if (!copy_a && !copy_b) return;
+  const int n = rows * cols, dr = kThreads / cols, dc = kThreads % cols;
+  int i = tid, r = tid / cols, c = tid % cols;
+  if constexpr (std::is_same<scalar_t, acc_t>::value) {
+#pragma unroll 1
+    for (; i < n; i += kThreads, r += dr, c += dc) {
+      if (c >= cols) c -= cols, ++r;
+      if (upper && c < r) continue;
+      if (copy_a) copy_async(dst_a + r * ld + c, a + i);
+      if (copy_b) copy_async(dst_b + r * ld + c, b + i);
+    }
+  } else {
+    while (i < n) {
+      acc_t va[kBatch], vb[kBatch];
+      int at[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const bool keep = i < n && (!upper || c >= r);
+        at[u] = keep ? r * ld + c : -1;
+        va[u] = keep && copy_a ? load<acc_t>(a, i) : acc_t(0);
+        vb[u] = keep && copy_b ? load<acc_t>(b, i) : acc_t(0);
+        i += kThreads, r += dr, c += dc;
+        if (c >= cols) c -= cols, ++r;
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        if (at[u] < 0) continue;
+        if (copy_a) dst_a[at[u]] = va[u];
+        if (copy_b) dst_b[at[u]] = vb[u];
+      }
+    }
+  }
+}
+
+// A shared parameter (batch stride 0) is copied for the block's first sample only.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* R1,
                                       const scalar_t* R2, const scalar_t* Q,
                                       const SylvesterDims& p, bool first, int tid) {
   // staged sizes are small (kStagedSmemLimit): 32-bit indices
-  const int M = static_cast<int>(p.M), MM = M * M;
-  const bool copy_r1 = first || p.r1_bs != 0, copy_r2 = first || p.r2_bs != 0;
-  // (m, k) of the flat index i = m M + k, advanced by kThreads without a division per step
-  const int dm = kThreads / M, dk = kThreads % M;
-  int i = tid, m = tid / M, k = tid % M;
-  while (i < MM) {
-    acc_t v1[kBatch], v2[kBatch];
-    int at[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const bool upper = i < MM && k >= m;
-      at[u] = upper ? i : -1;
-      v1[u] = upper && copy_r1 ? load<acc_t>(R1, i) : acc_t(0);
-      v2[u] = upper && copy_r2 ? load<acc_t>(R2, i) : acc_t(0);
-      i += kThreads, m += dm, k += dk;
-      if (k >= M) k -= M, ++m;
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      if (at[u] < 0) continue;
-      if (copy_r1) dst.r1[at[u]] = v1[u];
-      if (copy_r2) dst.r2[at[u]] = v2[u];
-    }
-  }
-  if (p.qkind != 2 || !(first || p.q_bs != 0)) return;
-  const int DM = static_cast<int>(p.D) * M;
-  for (int base = tid; base < DM; base += kBatch * kThreads) {
-    acc_t v[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int j = base + u * kThreads;
-      v[u] = j < DM ? load<acc_t>(Q, j) : acc_t(0);
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int j = base + u * kThreads;
-      if (j < DM) dst.q[j] = v[u];
-    }
-  }
+  const int M = static_cast<int>(p.M), D = static_cast<int>(p.D);
+  stage_pair(dst.r1, R1, first || p.r1_bs != 0, dst.r2, R2, first || p.r2_bs != 0, M, M,
+             static_cast<int>(dst.ldr), true, tid);
+  if (p.qkind == 2)
+    stage_pair(dst.q, Q, first || p.q_bs != 0, dst.q, Q, false, D, M,
+               static_cast<int>(dst.ldq), false, tid);
+  wait_async_copies();
+}
+
+template <typename acc_t>
+__host__ __device__ __forceinline__ Staged<acc_t> staged_layout(acc_t* mats,
+                                                                const SylvesterDims& p) {
+  const int64_t ldr = staged_ld(p.M, p.M, true), ldq = staged_ld(p.D, p.M, false);
+  return {mats, mats + p.M * ldr, mats + 2 * p.M * ldr, ldr, ldq};
 }
 
 // Shared-memory elements of a block: the vectors, then (staged) the matrices.
 __host__ __device__ __forceinline__ int64_t staged_elements(const SylvesterDims& p) {
-  return 2 * p.M * p.M + (p.qkind == 2 ? p.D * p.M : 0);
+  return 2 * p.M * staged_ld(p.M, p.M, true) +
+         (p.qkind == 2 ? p.D * staged_ld(p.D, p.M, false) : 0);
 }
 __host__ __device__ __forceinline__ int64_t forward_vector_elements(const SylvesterDims& p) {
   return p.D + 3 * p.M;
@@ -170,11 +261,13 @@ __host__ __device__ __forceinline__ int64_t backward_vector_elements(const Sylve
   return 2 * p.D + 9 * p.M;
 }
 
-// One sample of the forward pass; R1, R2, Q point to global memory or to the staged copies.
-template <typename scalar_t, typename acc_t, typename mat_t>
+// One sample of the forward pass; R1, R2, Q point to global memory (row stride M) or to the
+// staged copies (row strides ldr, ldq).
+template <bool kStaged, typename scalar_t, typename acc_t, typename mat_t>
 __device__ __forceinline__ void forward_sample(const scalar_t* zn, const mat_t* R1,
                                                const mat_t* R2, const scalar_t* bn,
-                                               const mat_t* Q, scalar_t* outn, scalar_t* logdetn,
+                                               const mat_t* Q, int64_t ldr, int64_t ldq,
+                                               scalar_t* outn, scalar_t* logdetn,
                                                acc_t* vectors, acc_t* warp_logdet,
                                                const SylvesterDims& p, int tid) {
   const int64_t D = p.D, M = p.M;
@@ -192,35 +285,29 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const mat_t* 
       y[m] = zs[D - 1 - m];
     } else {
       acc_t s = 0;
-      for (int64_t d = 0; d < D; ++d) s += load<acc_t>(Q, d * M + m) * zs[d];
+      for (int64_t d = 0; d < D; ++d) s += load<acc_t>(Q, d * ldq + m) * zs[d];
       y[m] = s;
     }
   }
   __syncthreads();
   acc_t my_logdet = 0;
-  for (int64_t m = warp; m < M; m += kWarps) {
-    const acc_t hm = tanh_acc(warp_row_dot(R2 + m * M, y, m, M, lane) + load<acc_t>(bn, m));
-    if (lane == 0) {
-      h[m] = hm;
-      const acc_t diag = load<acc_t>(R1, m * M + m) * load<acc_t>(R2, m * M + m);
-      my_logdet += log_abs(acc_t(1) + (acc_t(1) - hm * hm) * diag);
-    }
-  }
+  row_dots<kStaged>(R2, ldr, y, M, M, true, tid, [&](int64_t m, acc_t a) {
+    const acc_t hm = tanh_acc(a + load<acc_t>(bn, m));
+    h[m] = hm;
+    const acc_t diag = load<acc_t>(R1, m * ldr + m) * load<acc_t>(R2, m * ldr + m);
+    my_logdet += log_abs(acc_t(1) + (acc_t(1) - hm * hm) * diag);
+  });
   __syncthreads();
-  for (int64_t m = warp; m < M; m += kWarps) {
-    const acc_t cm = warp_row_dot(R1 + m * M, h, m, M, lane);
-    if (lane == 0) c[m] = cm;
-  }
+  row_dots<kStaged>(R1, ldr, h, M, M, true, tid, [&](int64_t m, acc_t s) { c[m] = s; });
   __syncthreads();
   if (p.qkind != 2) {
     for (int64_t d = tid; d < D; d += kThreads)
       outn[d] = from_acc<scalar_t>(zs[d] + c[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    for (int64_t d = warp; d < D; d += kWarps) {
-      const acc_t s = warp_row_dot(Q + d * M, c, 0, M, lane);
-      if (lane == 0) outn[d] = from_acc<scalar_t>(zs[d] + s);
-    }
+    row_dots<kStaged>(Q, ldq, c, D, M, false, tid,
+                      [&](int64_t d, acc_t s) { outn[d] = from_acc<scalar_t>(zs[d] + s); });
   }
+  my_logdet = warp_sum(my_logdet);
   if (lane == 0) warp_logdet[warp] = my_logdet;
   __syncthreads();
   if (tid == 0) {
@@ -239,8 +326,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ acc_t warp_logdet[kWarps];
   acc_t* vectors = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* mats = vectors + forward_vector_elements(p);
-  const Staged<acc_t> staged{mats, mats + p.M * p.M, mats + 2 * p.M * p.M};
+  const Staged<acc_t> staged = staged_layout(vectors + forward_vector_elements(p), p);
   const int tid = threadIdx.x;
   for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x) {
     const scalar_t* R1 = r1 + n * p.r1_bs;
@@ -250,11 +336,11 @@ __global__ void __launch_bounds__(kThreads)
     if constexpr (kStaged) {
       // forward_sample's first barrier orders these copies before their use
       stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
-      forward_sample(z + n * p.D, staged.r1, staged.r2, bn, staged.q, out + n * p.D, logdet + n,
-                     vectors, warp_logdet, p, tid);
+      forward_sample<true>(z + n * p.D, staged.r1, staged.r2, bn, staged.q, staged.ldr,
+                           staged.ldq, out + n * p.D, logdet + n, vectors, warp_logdet, p, tid);
     } else {
-      forward_sample(z + n * p.D, R1, R2, bn, Q, out + n * p.D, logdet + n, vectors, warp_logdet,
-                     p, tid);
+      forward_sample<false>(z + n * p.D, R1, R2, bn, Q, p.M, p.M, out + n * p.D, logdet + n,
+                            vectors, warp_logdet, p, tid);
     }
     __syncthreads();  // the next sample's copies overwrite what this one read
   }
@@ -268,10 +354,11 @@ struct SampleGrads {
   acc_t *ws_r1, *ws_r2, *ws_b, *ws_q;
 };
 
-template <typename scalar_t, typename acc_t, typename mat_t>
+template <bool kStaged, typename scalar_t, typename acc_t, typename mat_t>
 __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, const scalar_t* zn,
                                                 const mat_t* R1, const mat_t* R2,
-                                                const scalar_t* bn, const mat_t* Q,
+                                                const scalar_t* bn, const mat_t* Q, int64_t ldr,
+                                                int64_t ldq,
                                                 const SampleGrads<scalar_t, acc_t>& out,
                                                 acc_t* vectors, const SylvesterDims& p, int tid) {
   const int64_t D = p.D, M = p.M;
@@ -302,7 +389,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
     } else {
       acc_t sy = 0, sc = 0;
       for (int64_t d = 0; d < D; ++d) {
-        const acc_t qv = load<acc_t>(Q, d * M + m);
+        const acc_t qv = load<acc_t>(Q, d * ldq + m);
         sy += qv * zs[d];
         sc += qv * gs[d];
       }
@@ -312,27 +399,20 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   }
   __syncthreads();
   // h, and the log-det's gradients: w.r.t. h (kept in ga until gh is known) and the diagonals.
-  for (int64_t m = warp; m < M; m += kWarps) {
-    const acc_t hm = tanh_acc(warp_row_dot(R2 + m * M, y, m, M, lane) + load<acc_t>(bn, m));
-    if (lane == 0) {
-      const acc_t r1d = load<acc_t>(R1, m * M + m), r2d = load<acc_t>(R2, m * M + m);
-      const acc_t s = acc_t(1) - hm * hm;
-      const acc_t w = gl / (acc_t(1) + s * r1d * r2d);
-      h[m] = hm;
-      ga[m] = acc_t(-2) * hm * r1d * r2d * w;
-      dg1[m] = s * r2d * w;
-      dg2[m] = s * r1d * w;
-    }
-  }
+  row_dots<kStaged>(R2, ldr, y, M, M, true, tid, [&](int64_t m, acc_t a) {
+    const acc_t hm = tanh_acc(a + load<acc_t>(bn, m));
+    const acc_t r1d = load<acc_t>(R1, m * ldr + m), r2d = load<acc_t>(R2, m * ldr + m);
+    const acc_t s = acc_t(1) - hm * hm;
+    const acc_t w = gl / (acc_t(1) + s * r1d * r2d);
+    h[m] = hm;
+    ga[m] = acc_t(-2) * hm * r1d * r2d * w;
+    dg1[m] = s * r2d * w;
+    dg2[m] = s * r1d * w;
+  });
   __syncthreads();
   // gh = R1^T gc; c = R1 h (needed for grad_q only).
-  for (int64_t k = tid; k < M; k += kThreads) gh[k] = column_dot(R1, gc, k, M);
-  if (dense) {
-    for (int64_t m = warp; m < M; m += kWarps) {
-      const acc_t cm = warp_row_dot(R1 + m * M, h, m, M, lane);
-      if (lane == 0) c[m] = cm;
-    }
-  }
+  for (int64_t k = tid; k < M; k += kThreads) gh[k] = column_dot(R1, ldr, gc, k);
+  if (dense) row_dots<kStaged>(R1, ldr, h, M, M, true, tid, [&](int64_t m, acc_t s) { c[m] = s; });
   __syncthreads();
   // grad_r1 = triu(gc h^T) + diag(dg1); then ga = s * (gh + d logdet / dh) = grad_b.
   for (int64_t m = warp; m < M; m += kWarps) {
@@ -349,7 +429,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   }
   __syncthreads();
   // gy = R2^T ga; grad_r2 = triu(ga y^T) + diag(dg2).
-  for (int64_t k = tid; k < M; k += kThreads) gy[k] = column_dot(R2, ga, k, M);
+  for (int64_t k = tid; k < M; k += kThreads) gy[k] = column_dot(R2, ldr, ga, k);
   for (int64_t m = warp; m < M; m += kWarps) {
     for (int64_t k = lane; k < M; k += 32) {
       acc_t v = k >= m ? ga[m] * y[k] : acc_t(0);
@@ -363,11 +443,11 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
     for (int64_t d = tid; d < D; d += kThreads)
       out.z[d] = from_acc<scalar_t>(gs[d] + gy[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    for (int64_t d = warp; d < D; d += kWarps) {
-      const acc_t s = warp_row_dot(Q + d * M, gy, 0, M, lane);
-      if (lane == 0) out.z[d] = from_acc<scalar_t>(gs[d] + s);
-      for (int64_t m = lane; m < M; m += 32) put(out.q, out.ws_q, d * M + m, zs[d] * gy[m] + gs[d] * c[m]);
-    }
+    row_dots<kStaged>(Q, ldq, gy, D, M, false, tid,
+                      [&](int64_t d, acc_t s) { out.z[d] = from_acc<scalar_t>(gs[d] + s); });
+    for (int64_t d = warp; d < D; d += kWarps)
+      for (int64_t m = lane; m < M; m += 32)
+        put(out.q, out.ws_q, d * M + m, zs[d] * gy[m] + gs[d] * c[m]);
   }
   __syncthreads();
 }
@@ -385,8 +465,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t D = p.D, M = p.M, MM = M * M;
   const bool dense = p.qkind == 2;
   acc_t* vectors = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* mats = vectors + backward_vector_elements(p);
-  const Staged<acc_t> staged{mats, mats + MM, mats + 2 * MM};
+  const Staged<acc_t> staged = staged_layout(vectors + backward_vector_elements(p), p);
   // This block's slices of the shared parameters' gradient sums (nullptr: amortized).
   acc_t* slice = workspace == nullptr ? nullptr : workspace + blockIdx.x * shared_size;
   SampleGrads<scalar_t, acc_t> out{};
@@ -410,10 +489,11 @@ __global__ void __launch_bounds__(kThreads)
       // backward_sample's first barrier orders these copies before their use, and its last
       // one their reuse
       stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
-      backward_sample(grad_out + n * D, gl, z + n * D, staged.r1, staged.r2, bn, staged.q, out,
-                      vectors, p, tid);
+      backward_sample<true>(grad_out + n * D, gl, z + n * D, staged.r1, staged.r2, bn, staged.q,
+                            staged.ldr, staged.ldq, out, vectors, p, tid);
     } else {
-      backward_sample(grad_out + n * D, gl, z + n * D, R1, R2, bn, Q, out, vectors, p, tid);
+      backward_sample<false>(grad_out + n * D, gl, z + n * D, R1, R2, bn, Q, M, M, out, vectors,
+                             p, tid);
     }
   }
 }
