@@ -18,25 +18,26 @@
 // The sample's vectors (z, y, h, c, gradients: O(D + M)) live in shared memory. Its matrices
 // are staged there too when they fit (kStagedSmemLimit): every thread issues its share of
 // the upper triangles (and of a dense Q) at once, as asynchronous copies (cp.async, sm_80+) when
-// no conversion is needed, so a sample's loads overlap. The mat-vecs then read shared memory:
-//   * R v and Q v (rows): a group of g threads of one warp per row, all rows of a pass at once
-//     (g = 2 at M = 64), a shuffle reduction per group, and tanh, log and the gradient terms of
-//     every row evaluated in parallel. Row strides are padded (staged_ld) so that the groups of
-//     a warp hit 32 distinct banks.
-//   * R^T v and Q^T v (columns): one thread per column, rows in the loop (consecutive threads
-//     read consecutive addresses: coalesced, free of bank conflicts).
+// no conversion is needed, so that a sample's loads overlap. Both triangles share one
+// M x (M + 1) array (triangles_ld): 17.7 kB a block at M = 64, so 12 blocks fit on an SM and
+// the benchmark's 1024 samples run in one wave. The mat-vecs then read shared memory:
+//   * R v and Q v (rows): a group of g lanes of one warp per row, all rows of a pass at once
+//     (g = 2 at M = 64), a shuffle reduction per group, and the tanh, log and gradient terms of
+//     every row evaluated in parallel. Strides are padded so that a warp hits 32 distinct banks.
+//   * R^T v and Q^T v (columns): one thread per column, rows in the loop.
 //   * gradients of R1, R2, Q: rows by warps, columns by lanes, one coalesced store per element
 //     (the zeros below the diagonal are written in the same pass, no memset).
-// Matrices too large for shared memory are read from global memory, one warp per row with the
+// Matrices too large for shared memory are read from global memory, a warp per row with the
 // lanes along it. The backward pass recomputes y, h and c; nothing but the inputs is saved.
 // A shared parameter is staged once per block, and its gradient is accumulated into the block's
 // own workspace slice (no atomics: each element is owned by one thread of one block); the host
 // sums the slices.
 //
 // History (H100, benchmarks/results/gpu-h100-2026-11-26*.md): mat-vecs reading global memory
-// took 4-6x the floor in kernel time; staging with register batches and one warp per row, in
-// series over the rows, still took 4.0-9.1x: the rows' shuffle reductions, tanh and log ran one
-// after another. The row groups and asynchronous copies address that.
+// took 4-6x the floor in kernel time. Staging each triangle in its own square with register
+// batches, with one warp per row and the rows in series, still took 4.0-9.1x: the rows'
+// shuffle reductions, tanh and log ran one after another, and 6 blocks an SM needed two waves.
+// The row groups, the shared triangle array and the asynchronous copies address that.
 #include "convert.cuh"
 #include "sylvester.cuh"
 
@@ -86,62 +87,65 @@ __host__ __device__ __forceinline__ int group_size(int64_t rows) {
   return g;
 }
 
-// Row stride of a staged rows x cols matrix. Lane j of row m's group starts at column
-// m + j (upper triangle) or j (dense), i.e. at element m (ld + 1) + j or m ld + j; with
-// ld + 1 (upper) or ld (dense) = g mod 32, the 32 / g rows of a warp times g lanes fall on
-// 32 distinct banks.
-__host__ __device__ __forceinline__ int64_t staged_ld(int64_t rows, int64_t cols, bool upper) {
-  const int64_t want = (group_size(rows) - (upper ? 1 : 0)) % 32;
-  return cols + ((want - cols % 32) % 32 + 32) % 32;
+// Element (m, k) of a matrix at p[m row + k col + off]: the same mat-vec code then reads a
+// row-major matrix in global memory, a padded copy in shared memory or a transposed triangle.
+// I: int64_t for global memory, int for the (small) staged copies.
+template <typename T, typename I>
+struct View {
+  T* p;
+  I row, col, off;
+  __device__ __forceinline__ T& operator()(I m, I k) const { return p[m * row + k * col + off]; }
+};
+
+// The least multiple of g that is >= lo and an odd multiple of g.
+__host__ __device__ __forceinline__ int64_t odd_multiple(int64_t lo, int64_t g) {
+  const int64_t q = (lo + g - 1) / g;
+  return (q % 2 == 0 ? q + 1 : q) * g;
 }
 
-// sum_{k >= k0} row[k] v[k], by one warp (all lanes get the result).
-template <typename acc_t, typename mat_t>
-__device__ __forceinline__ acc_t warp_row_dot(const mat_t* row, const acc_t* v, int64_t k0,
-                                              int64_t n, int lane) {
-  acc_t s = 0;
-  for (int64_t k = k0 + lane; k < n; k += 32) s += load<acc_t>(row, k) * v[k];
-  return warp_sum(s);
+// Row stride of the staged triangles. One M x ld array W holds R2's upper triangle shifted a
+// column right (R2[m, k] at W[m, k + 1]) and R1's transposed into the lower triangle with the
+// diagonal (R1[m, k] at W[k, m]): half the shared memory of two squares, so twice as many
+// blocks stay resident. Lane j < g of row m's group starts at W[m, m + 1 + j] (a row of R2:
+// element m (ld + 1) + 1 + j) or at W[m + j, m] (a row of R1: m (ld + 1) + j ld). With ld + 1
+// an odd multiple of g, m (ld + 1) takes 32 / g distinct multiples of g mod 32 over a warp's
+// rows, and 1 + j or j ld (= -j mod g) g distinct residues: 32 distinct banks. Column walks
+// (R^T v) read along a row or column of W, consecutive threads on consecutive banks.
+__host__ __device__ __forceinline__ int64_t triangles_ld(int64_t M) {
+  return odd_multiple(M + 2, group_size(M)) - 1;
 }
 
-// emit(m, sum_{k >= k0} A[m ld + k] v[k]) for every row m < rows, on one thread per row, with
-// k0 = m for an upper triangle and 0 for a dense matrix. Staged (shared memory): a group of
-// group_size(rows) lanes per row. Global memory: a warp per row, lanes along it (coalesced).
-// Every thread of the block must call it (the shuffles need whole warps).
-template <bool kStaged, typename acc_t, typename mat_t, typename Emit>
-__device__ __forceinline__ void row_dots(const mat_t* A, int64_t ld, const acc_t* v,
-                                         int64_t rows, int64_t cols, bool upper, int tid,
-                                         Emit&& emit) {
-  if constexpr (kStaged) {
-    // staged sizes are small (kStagedSmemLimit): 32-bit indices
-    const int g = group_size(rows), j = tid & (g - 1), per_pass = kThreads / g;
-    const int n = static_cast<int>(cols), lda = static_cast<int>(ld);
-    for (int base = 0; base < rows; base += per_pass) {
-      const int m = base + tid / g;
-      acc_t s = 0;
-      if (m < rows) {
-        const mat_t* row = A + m * lda;
-        for (int k = (upper ? m : 0) + j; k < n; k += g) s += load<acc_t>(row, k) * v[k];
-      }
-      for (int offset = g >> 1; offset > 0; offset >>= 1)
-        s += __shfl_xor_sync(0xffffffffu, s, offset);
-      if (m < rows && j == 0) emit(m, s);
-    }
-  } else {
-    const int lane = tid & 31, warp = tid >> 5;
-    for (int64_t m = warp; m < rows; m += kWarps) {
-      const acc_t s = warp_row_dot(A + m * ld, v, upper ? m : 0, cols, lane);
-      if (lane == 0) emit(m, s);
-    }
+// Row stride of a staged dense Q (D x M): lane j of row d's group starts at element d ld + j;
+// ld an odd multiple of g gives a warp's rows and lanes 32 distinct banks.
+__host__ __device__ __forceinline__ int64_t dense_ld(int64_t rows, int64_t cols) {
+  return odd_multiple(cols, group_size(rows));
+}
+
+// emit(m, sum_{k >= k0} A(m, k) v[k]) for every row m < rows, on one thread per row, with
+// k0 = m for an upper triangle and 0 for a dense matrix. A group of g lanes of one warp shares
+// a row: group_size(rows) for shared memory, so that all rows of a pass run at once; a whole
+// warp for global memory, so that its loads along the row coalesce. Every thread of the block
+// must call it (the shuffles need whole warps).
+template <bool kStaged, typename acc_t, typename T, typename I, typename Emit>
+__device__ __forceinline__ void row_dots(const View<T, I>& A, const acc_t* v, I rows, I cols,
+                                         bool upper, int tid, Emit&& emit) {
+  const int g = kStaged ? group_size(rows) : 32, j = tid & (g - 1), per_pass = kThreads / g;
+  for (I base = 0; base < rows; base += per_pass) {
+    const I m = base + tid / g;
+    acc_t s = 0;
+    if (m < rows)
+      for (I k = (upper ? m : 0) + j; k < cols; k += g) s += to_acc<acc_t>(A(m, k)) * v[k];
+    for (int offset = g >> 1; offset > 0; offset >>= 1)
+      s += __shfl_xor_sync(0xffffffffu, s, offset);
+    if (m < rows && j == 0) emit(m, s);
   }
 }
 
-// sum_{m <= k} R[m ld + k] v[m]: column k of the upper triangle, by one thread.
-template <typename acc_t, typename mat_t>
-__device__ __forceinline__ acc_t column_dot(const mat_t* R, int64_t ld, const acc_t* v,
-                                            int64_t k) {
+// sum_{m <= k} R(m, k) v[m]: column k of the upper triangle, by one thread.
+template <typename acc_t, typename T, typename I>
+__device__ __forceinline__ acc_t column_dot(const View<T, I>& R, const acc_t* v, I k) {
   acc_t s = 0;
-  for (int64_t m = 0; m <= k; ++m) s += load<acc_t>(R, m * ld + k) * v[m];
+  for (I m = 0; m <= k; ++m) s += to_acc<acc_t>(R(m, k)) * v[m];
   return s;
 }
 
@@ -174,25 +178,25 @@ __device__ __forceinline__ void wait_async_copies() {
 #endif
 }
 
-// Shared-memory copies of one sample's matrices: the upper triangles of R1 and R2 (the lower
-// triangles are neither read nor written) and a dense Q, row strides padded (staged_ld).
+// Shared-memory copies of one sample's matrices: the upper triangles of R1 and R2, in one array
+// (triangles_ld), and a dense Q.
 template <typename acc_t>
 struct Staged {
-  acc_t *r1, *r2, *q;
-  int64_t ldr, ldq;
+  View<acc_t, int> r1, r2, q;
 };
 
 constexpr int kBatch = 8;
 
-// dst_a, dst_b (row stride ld) = a, b (rows x cols, row-major), the upper triangles only if
-// `upper`; b is skipped unless copy_b, a unless copy_a. Each thread walks the flat index in
-// steps of the block (coalesced), (row, col) advanced without a division per step. Without a
-// conversion the copies are asynchronous (the caller waits: wait_async_copies); with one, each
-// thread issues kBatch loads per matrix before storing any, so that many loads are in flight.
+// dst_a(r, c), dst_b(r, c) = a, b (rows x cols, row-major), the upper triangles only if `upper`;
+// b is skipped unless copy_b, a unless copy_a. Each thread walks the flat index in steps of the
+// block (coalesced), (row, col) advanced without a division per step. Without a conversion the
+// copies are asynchronous (the caller waits: wait_async_copies); with one, each thread issues
+// kBatch loads per matrix before storing any, so that many loads are in flight.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void stage_pair(acc_t* dst_a, const scalar_t* a, bool copy_a,
-                                           acc_t* dst_b, const scalar_t* b, bool copy_b,
-                                           int rows, int cols, int ld, bool upper, int tid) {
+__device__ __forceinline__ void stage_pair(const View<acc_t, int>& dst_a, const scalar_t* a,
+                                           bool copy_a, const View<acc_t, int>& dst_b,
+                                           const scalar_t* b, bool copy_b, int rows, int cols,
+                                           bool upper, int tid) {
   if (!copy_a && !copy_b) return;
   const int n = rows * cols, dr = kThreads / cols, dc = kThreads % cols;
   int i = tid, r = tid / cols, c = tid % cols;
@@ -201,17 +205,18 @@ __device__ __forceinline__ void stage_pair(acc_t* dst_a, const scalar_t* a, bool
     for (; i < n; i += kThreads, r += dr, c += dc) {
       if (c >= cols) c -= cols, ++r;
       if (upper && c < r) continue;
-      if (copy_a) copy_async(dst_a + r * ld + c, a + i);
-      if (copy_b) copy_async(dst_b + r * ld + c, b + i);
+      if (copy_a) copy_async(&dst_a(r, c), a + i);
+      if (copy_b) copy_async(&dst_b(r, c), b + i);
     }
   } else {
     while (i < n) {
       acc_t va[kBatch], vb[kBatch];
-      int at[kBatch];
+      int rs[kBatch], cs[kBatch];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const bool keep = i < n && (!upper || c >= r);
-        at[u] = keep ? r * ld + c : -1;
+        rs[u] = keep ? r : -1;
+        cs[u] = c;
         va[u] = keep && copy_a ? load<acc_t>(a, i) : acc_t(0);
         vb[u] = keep && copy_b ? load<acc_t>(b, i) : acc_t(0);
         i += kThreads, r += dr, c += dc;
@@ -219,9 +224,9 @@ __device__ __forceinline__ void stage_pair(acc_t* dst_a, const scalar_t* a, bool
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        if (at[u] < 0) continue;
-        if (copy_a) dst_a[at[u]] = va[u];
-        if (copy_b) dst_b[at[u]] = vb[u];
+        if (rs[u] < 0) continue;
+        if (copy_a) dst_a(rs[u], cs[u]) = va[u];
+        if (copy_b) dst_b(rs[u], cs[u]) = vb[u];
       }
     }
   }
@@ -234,25 +239,23 @@ __device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* 
                                       const SylvesterDims& p, bool first, int tid) {
   // staged sizes are small (kStagedSmemLimit): 32-bit indices
   const int M = static_cast<int>(p.M), D = static_cast<int>(p.D);
-  stage_pair(dst.r1, R1, first || p.r1_bs != 0, dst.r2, R2, first || p.r2_bs != 0, M, M,
-             static_cast<int>(dst.ldr), true, tid);
+  stage_pair(dst.r1, R1, first || p.r1_bs != 0, dst.r2, R2, first || p.r2_bs != 0, M, M, true,
+             tid);
   if (p.qkind == 2)
-    stage_pair(dst.q, Q, first || p.q_bs != 0, dst.q, Q, false, D, M,
-               static_cast<int>(dst.ldq), false, tid);
+    stage_pair(dst.q, Q, first || p.q_bs != 0, dst.q, Q, false, D, M, false, tid);
   wait_async_copies();
 }
 
 template <typename acc_t>
-__host__ __device__ __forceinline__ Staged<acc_t> staged_layout(acc_t* mats,
-                                                                const SylvesterDims& p) {
-  const int64_t ldr = staged_ld(p.M, p.M, true), ldq = staged_ld(p.D, p.M, false);
-  return {mats, mats + p.M * ldr, mats + 2 * p.M * ldr, ldr, ldq};
+__device__ __forceinline__ Staged<acc_t> staged_layout(acc_t* mats, const SylvesterDims& p) {
+  const int M = static_cast<int>(p.M), ld = static_cast<int>(triangles_ld(p.M));
+  return {{mats, 1, ld, 0}, {mats, ld, 1, 1},
+          {mats + M * ld, static_cast<int>(dense_ld(p.D, p.M)), 1, 0}};
 }
 
 // Shared-memory elements of a block: the vectors, then (staged) the matrices.
 __host__ __device__ __forceinline__ int64_t staged_elements(const SylvesterDims& p) {
-  return 2 * p.M * staged_ld(p.M, p.M, true) +
-         (p.qkind == 2 ? p.D * staged_ld(p.D, p.M, false) : 0);
+  return p.M * triangles_ld(p.M) + (p.qkind == 2 ? p.D * dense_ld(p.D, p.M) : 0);
 }
 __host__ __device__ __forceinline__ int64_t forward_vector_elements(const SylvesterDims& p) {
   return p.D + 3 * p.M;
@@ -261,51 +264,63 @@ __host__ __device__ __forceinline__ int64_t backward_vector_elements(const Sylve
   return 2 * p.D + 9 * p.M;
 }
 
-// One sample of the forward pass; R1, R2, Q point to global memory (row stride M) or to the
-// staged copies (row strides ldr, ldq).
-template <bool kStaged, typename scalar_t, typename acc_t, typename mat_t>
-__device__ __forceinline__ void forward_sample(const scalar_t* zn, const mat_t* R1,
-                                               const mat_t* R2, const scalar_t* bn,
-                                               const mat_t* Q, int64_t ldr, int64_t ldq,
-                                               scalar_t* outn, scalar_t* logdetn,
-                                               acc_t* vectors, acc_t* warp_logdet,
-                                               const SylvesterDims& p, int tid) {
-  const int64_t D = p.D, M = p.M;
+// Views of one sample's matrices in global memory (row-major), for the unstaged kernels.
+template <typename scalar_t>
+struct Global {
+  View<const scalar_t, int64_t> r1, r2, q;
+};
+template <typename scalar_t>
+__device__ __forceinline__ Global<scalar_t> global_views(const scalar_t* R1, const scalar_t* R2,
+                                                         const scalar_t* Q,
+                                                         const SylvesterDims& p) {
+  return {{R1, p.M, 1, 0}, {R2, p.M, 1, 0}, {Q, p.M, 1, 0}};
+}
+
+// One sample of the forward pass; `mats` holds views of R1, R2 and Q, staged (Staged, I = int)
+// or in global memory (Global, I = int64_t).
+template <bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
+__device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& mats,
+                                               const scalar_t* bn, scalar_t* outn,
+                                               scalar_t* logdetn, acc_t* vectors,
+                                               acc_t* warp_logdet, const SylvesterDims& p,
+                                               int tid) {
+  const I D = static_cast<I>(p.D), M = static_cast<I>(p.M);
+  const auto &R1 = mats.r1, &R2 = mats.r2, &Q = mats.q;
   const int lane = tid & 31, warp = tid >> 5;
   acc_t* zs = vectors;
   acc_t* y = zs + D;
   acc_t* h = y + M;
   acc_t* c = h + M;
-  for (int64_t d = tid; d < D; d += kThreads) zs[d] = load<acc_t>(zn, d);
+  for (I d = tid; d < D; d += kThreads) zs[d] = load<acc_t>(zn, d);
   __syncthreads();
-  for (int64_t m = tid; m < M; m += kThreads) {
+  for (I m = tid; m < M; m += kThreads) {
     if (p.qkind == 0) {
       y[m] = zs[m];
     } else if (p.qkind == 1) {
       y[m] = zs[D - 1 - m];
     } else {
       acc_t s = 0;
-      for (int64_t d = 0; d < D; ++d) s += load<acc_t>(Q, d * ldq + m) * zs[d];
+      for (I d = 0; d < D; ++d) s += to_acc<acc_t>(Q(d, m)) * zs[d];
       y[m] = s;
     }
   }
   __syncthreads();
   acc_t my_logdet = 0;
-  row_dots<kStaged>(R2, ldr, y, M, M, true, tid, [&](int64_t m, acc_t a) {
+  row_dots<kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
     const acc_t hm = tanh_acc(a + load<acc_t>(bn, m));
     h[m] = hm;
-    const acc_t diag = load<acc_t>(R1, m * ldr + m) * load<acc_t>(R2, m * ldr + m);
+    const acc_t diag = to_acc<acc_t>(R1(m, m)) * to_acc<acc_t>(R2(m, m));
     my_logdet += log_abs(acc_t(1) + (acc_t(1) - hm * hm) * diag);
   });
   __syncthreads();
-  row_dots<kStaged>(R1, ldr, h, M, M, true, tid, [&](int64_t m, acc_t s) { c[m] = s; });
+  row_dots<kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
   __syncthreads();
   if (p.qkind != 2) {
-    for (int64_t d = tid; d < D; d += kThreads)
+    for (I d = tid; d < D; d += kThreads)
       outn[d] = from_acc<scalar_t>(zs[d] + c[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    row_dots<kStaged>(Q, ldq, c, D, M, false, tid,
-                      [&](int64_t d, acc_t s) { outn[d] = from_acc<scalar_t>(zs[d] + s); });
+    row_dots<kStaged>(Q, c, D, M, false, tid,
+                      [&](I d, acc_t s) { outn[d] = from_acc<scalar_t>(zs[d] + s); });
   }
   my_logdet = warp_sum(my_logdet);
   if (lane == 0) warp_logdet[warp] = my_logdet;
@@ -336,11 +351,11 @@ __global__ void __launch_bounds__(kThreads)
     if constexpr (kStaged) {
       // forward_sample's first barrier orders these copies before their use
       stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
-      forward_sample<true>(z + n * p.D, staged.r1, staged.r2, bn, staged.q, staged.ldr,
-                           staged.ldq, out + n * p.D, logdet + n, vectors, warp_logdet, p, tid);
+      forward_sample<true, int>(z + n * p.D, staged, bn, out + n * p.D, logdet + n, vectors,
+                                warp_logdet, p, tid);
     } else {
-      forward_sample<false>(z + n * p.D, R1, R2, bn, Q, p.M, p.M, out + n * p.D, logdet + n,
-                            vectors, warp_logdet, p, tid);
+      forward_sample<false, int64_t>(z + n * p.D, global_views(R1, R2, Q, p), bn, out + n * p.D,
+                                     logdet + n, vectors, warp_logdet, p, tid);
     }
     __syncthreads();  // the next sample's copies overwrite what this one read
   }
@@ -354,14 +369,13 @@ struct SampleGrads {
   acc_t *ws_r1, *ws_r2, *ws_b, *ws_q;
 };
 
-template <bool kStaged, typename scalar_t, typename acc_t, typename mat_t>
+template <bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
 __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, const scalar_t* zn,
-                                                const mat_t* R1, const mat_t* R2,
-                                                const scalar_t* bn, const mat_t* Q, int64_t ldr,
-                                                int64_t ldq,
+                                                const Mats& mats, const scalar_t* bn,
                                                 const SampleGrads<scalar_t, acc_t>& out,
                                                 acc_t* vectors, const SylvesterDims& p, int tid) {
-  const int64_t D = p.D, M = p.M;
+  const I D = static_cast<I>(p.D), M = static_cast<I>(p.M);
+  const auto &R1 = mats.r1, &R2 = mats.r2, &Q = mats.q;
   const bool dense = p.qkind == 2;
   const int lane = tid & 31, warp = tid >> 5;
   acc_t* zs = vectors;
@@ -375,21 +389,21 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   acc_t* c = gy + M;
   acc_t* dg1 = c + M;
   acc_t* dg2 = dg1 + M;
-  for (int64_t d = tid; d < D; d += kThreads) {
+  for (I d = tid; d < D; d += kThreads) {
     zs[d] = load<acc_t>(zn, d);
     gs[d] = load<acc_t>(gn, d);
   }
   __syncthreads();
   // y = Q^T z and gc = Q^T g, in one pass over Q.
-  for (int64_t m = tid; m < M; m += kThreads) {
+  for (I m = tid; m < M; m += kThreads) {
     if (!dense) {
-      const int64_t d = p.qkind == 0 ? m : D - 1 - m;
+      const I d = p.qkind == 0 ? m : D - 1 - m;
       y[m] = zs[d];
       gc[m] = gs[d];
     } else {
       acc_t sy = 0, sc = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        const acc_t qv = load<acc_t>(Q, d * ldq + m);
+      for (I d = 0; d < D; ++d) {
+        const acc_t qv = to_acc<acc_t>(Q(d, m));
         sy += qv * zs[d];
         sc += qv * gs[d];
       }
@@ -399,9 +413,9 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   }
   __syncthreads();
   // h, and the log-det's gradients: w.r.t. h (kept in ga until gh is known) and the diagonals.
-  row_dots<kStaged>(R2, ldr, y, M, M, true, tid, [&](int64_t m, acc_t a) {
+  row_dots<kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
     const acc_t hm = tanh_acc(a + load<acc_t>(bn, m));
-    const acc_t r1d = load<acc_t>(R1, m * ldr + m), r2d = load<acc_t>(R2, m * ldr + m);
+    const acc_t r1d = to_acc<acc_t>(R1(m, m)), r2d = to_acc<acc_t>(R2(m, m));
     const acc_t s = acc_t(1) - hm * hm;
     const acc_t w = gl / (acc_t(1) + s * r1d * r2d);
     h[m] = hm;
@@ -411,27 +425,27 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   });
   __syncthreads();
   // gh = R1^T gc; c = R1 h (needed for grad_q only).
-  for (int64_t k = tid; k < M; k += kThreads) gh[k] = column_dot(R1, ldr, gc, k);
-  if (dense) row_dots<kStaged>(R1, ldr, h, M, M, true, tid, [&](int64_t m, acc_t s) { c[m] = s; });
+  for (I k = tid; k < M; k += kThreads) gh[k] = column_dot(R1, gc, k);
+  if (dense) row_dots<kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
   __syncthreads();
   // grad_r1 = triu(gc h^T) + diag(dg1); then ga = s * (gh + d logdet / dh) = grad_b.
-  for (int64_t m = warp; m < M; m += kWarps) {
-    for (int64_t k = lane; k < M; k += 32) {
+  for (I m = warp; m < M; m += kWarps) {
+    for (I k = lane; k < M; k += 32) {
       acc_t v = k >= m ? gc[m] * h[k] : acc_t(0);
       if (k == m) v += dg1[m];
       put(out.r1, out.ws_r1, m * M + k, v);
     }
   }
-  for (int64_t m = tid; m < M; m += kThreads) {
+  for (I m = tid; m < M; m += kThreads) {
     const acc_t v = (acc_t(1) - h[m] * h[m]) * (gh[m] + ga[m]);
     ga[m] = v;
     put(out.b, out.ws_b, m, v);
   }
   __syncthreads();
   // gy = R2^T ga; grad_r2 = triu(ga y^T) + diag(dg2).
-  for (int64_t k = tid; k < M; k += kThreads) gy[k] = column_dot(R2, ldr, ga, k);
-  for (int64_t m = warp; m < M; m += kWarps) {
-    for (int64_t k = lane; k < M; k += 32) {
+  for (I k = tid; k < M; k += kThreads) gy[k] = column_dot(R2, ga, k);
+  for (I m = warp; m < M; m += kWarps) {
+    for (I k = lane; k < M; k += 32) {
       acc_t v = k >= m ? ga[m] * y[k] : acc_t(0);
       if (k == m) v += dg2[m];
       put(out.r2, out.ws_r2, m * M + k, v);
@@ -440,13 +454,13 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   __syncthreads();
   // grad_z = g + Q gy; grad_q = z gy^T + g c^T.
   if (!dense) {
-    for (int64_t d = tid; d < D; d += kThreads)
+    for (I d = tid; d < D; d += kThreads)
       out.z[d] = from_acc<scalar_t>(gs[d] + gy[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    row_dots<kStaged>(Q, ldq, gy, D, M, false, tid,
-                      [&](int64_t d, acc_t s) { out.z[d] = from_acc<scalar_t>(gs[d] + s); });
-    for (int64_t d = warp; d < D; d += kWarps)
-      for (int64_t m = lane; m < M; m += 32)
+    row_dots<kStaged>(Q, gy, D, M, false, tid,
+                      [&](I d, acc_t s) { out.z[d] = from_acc<scalar_t>(gs[d] + s); });
+    for (I d = warp; d < D; d += kWarps)
+      for (I m = lane; m < M; m += 32)
         put(out.q, out.ws_q, d * M + m, zs[d] * gy[m] + gs[d] * c[m]);
   }
   __syncthreads();
@@ -489,11 +503,11 @@ __global__ void __launch_bounds__(kThreads)
       // backward_sample's first barrier orders these copies before their use, and its last
       // one their reuse
       stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
-      backward_sample<true>(grad_out + n * D, gl, z + n * D, staged.r1, staged.r2, bn, staged.q,
-                            staged.ldr, staged.ldq, out, vectors, p, tid);
+      backward_sample<true, int>(grad_out + n * D, gl, z + n * D, staged, bn, out, vectors, p,
+                                 tid);
     } else {
-      backward_sample<false>(grad_out + n * D, gl, z + n * D, R1, R2, bn, Q, M, M, out, vectors,
-                             p, tid);
+      backward_sample<false, int64_t>(grad_out + n * D, gl, z + n * D,
+                                      global_views(R1, R2, Q, p), bn, out, vectors, p, tid);
     }
   }
 }
