@@ -14,7 +14,7 @@
 // Goal: within 2x, i.e. ~240 us forward and ~600 us backward.
 //
 // Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared memory
-// (20 KB at 64 x 32 float; the grid then has up to 8 blocks an SM, 5 of them resident at the 44
+// (20 KB at 64 x 32 float; the grid then has up to 8 blocks an SM, 6 of them resident at the 40
 // registers ptxas gives the float kernel for sm_90; forcing 8 spills). Products are register-tiled
 // 2 x 2 per thread over the shared operands, loading adjacent pairs when M is even. The convergence
 // test is a block reduction whose result every thread reads from shared memory, so the whole block
@@ -76,23 +76,43 @@ __device__ __forceinline__ typename Pair<acc_t>::type load_pair(const acc_t* p) 
   return *reinterpret_cast<const typename Pair<acc_t>::type*>(p);
 }
 
+// Tile walk over a grid of `cols` columns: tile t = threadIdx.x + s blockDim.x is at (row, col).
+// Stepping by blockDim.x adds a precomputed (step_row, step_col) with one carry, so the per-step
+// loops divide only when the walk starts (32-bit; hoisted out of the step loop where inlined).
+struct TileWalk {
+  int row, col, step_row, step_col, cols;
+  __device__ __forceinline__ explicit TileWalk(int cols_) : cols(cols_) {
+    const unsigned c = static_cast<unsigned>(cols_);
+    row = threadIdx.x / c, col = threadIdx.x % c;
+    step_row = blockDim.x / c, step_col = blockDim.x % c;
+  }
+  __device__ __forceinline__ void next() {
+    row += step_row, col += step_col;
+    if (col >= cols) col -= cols, ++row;
+  }
+};
+
+// Indices within one matrix (< D M or M M) are 32-bit: the launchers refuse larger matrices.
+// Offsets over the batch and the workspace stay 64-bit.
+constexpr int64_t kMaxMatrixElements = int64_t(1) << 30;
+
 // C (M x M) = X^T Y for X, Y (D x M) row-major; 2 x 2 outputs per thread. Paired loads when M
 // is even (every row then starts on a pair boundary).
 template <typename acc_t>
-__device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int64_t D, int64_t M) {
-  const int64_t tiles = (M + 1) / 2;
-  for (int64_t t = threadIdx.x; t < tiles * tiles; t += blockDim.x) {
-    const int64_t i0 = 2 * (t / tiles), j0 = 2 * (t % tiles);
+__device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M) {
+  const int tiles = (M + 1) / 2;
+  for (TileWalk w(tiles); w.row < tiles; w.next()) {
+    const int i0 = 2 * w.row, j0 = 2 * w.col;
     const bool i1ok = i0 + 1 < M, j1ok = j0 + 1 < M;
     acc_t c00 = 0, c01 = 0, c10 = 0, c11 = 0;
     if (M % 2 == 0) {
-      for (int64_t d = 0; d < D; ++d) {
+      for (int d = 0; d < D; ++d) {
         const auto a = load_pair(X + d * M + i0);
         const auto b = load_pair(Y + d * M + j0);
         c00 += a.x * b.x, c01 += a.x * b.y, c10 += a.y * b.x, c11 += a.y * b.y;
       }
     } else {
-      for (int64_t d = 0; d < D; ++d) {
+      for (int d = 0; d < D; ++d) {
         const acc_t* x = X + d * M;
         const acc_t* y = Y + d * M;
         const acc_t a0 = x[i0], a1 = i1ok ? x[i0 + 1] : acc_t(0);
@@ -111,26 +131,26 @@ __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int64_t D, int
 // when M is even: two steps of k at once, X's pair along its row, Y's pair along each row.
 template <typename acc_t>
 __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
-                        const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int64_t D,
-                        int64_t M) {
-  const int64_t rt = (D + 1) / 2, ct = (M + 1) / 2;
-  for (int64_t t = threadIdx.x; t < rt * ct; t += blockDim.x) {
-    const int64_t r0 = 2 * (t / ct), c0 = 2 * (t % ct);
+                        const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D, int M) {
+  const int rt = (D + 1) / 2, ct = (M + 1) / 2;
+  for (TileWalk w(ct); w.row < rt; w.next()) {
+    const int r0 = 2 * w.row, c0 = 2 * w.col;
     const bool r1ok = r0 + 1 < D, c1ok = c0 + 1 < M;
     acc_t c00 = 0, c01 = 0, c10 = 0, c11 = 0;
     for (int pass = 0; pass < (X2 != nullptr ? 2 : 1); ++pass) {
       const acc_t* X = pass == 0 ? X1 : X2;
       const acc_t* Y = pass == 0 ? Y1 : Y2;
       if (M % 2 == 0) {
-        const int64_t r1 = r1ok ? r0 + 1 : r0;  // a last odd row repeats r0; its sums are dropped
-        for (int64_t k = 0; k < M; k += 2) {
+        const int r1 = r1ok ? r0 + 1 : r0;  // a last odd row repeats r0; its sums are dropped
+        for (int k = 0; k < M; k += 2) {
           const auto x0 = load_pair(X + r0 * M + k), x1 = load_pair(X + r1 * M + k);
           const auto y0 = load_pair(Y + k * M + c0), y1 = load_pair(Y + (k + 1) * M + c0);
-          c00 += x0.x * y0.x + x0.y * y1.x, c01 += x0.x * y0.y + x0.y * y1.y;
-          c10 += x1.x * y0.x + x1.y * y1.x, c11 += x1.x * y0.y + x1.y * y1.y;
+          // two chained multiply-adds each (c += p + q would cost a multiply and an add more)
+          c00 = x0.y * y1.x + (x0.x * y0.x + c00), c01 = x0.y * y1.y + (x0.x * y0.y + c01);
+          c10 = x1.y * y1.x + (x1.x * y0.x + c10), c11 = x1.y * y1.y + (x1.x * y0.y + c11);
         }
       } else {
-        for (int64_t k = 0; k < M; ++k) {
+        for (int k = 0; k < M; ++k) {
           const acc_t a0 = X[r0 * M + k], a1 = r1ok ? X[(r0 + 1) * M + k] : acc_t(0);
           const acc_t b0 = Y[k * M + c0], b1 = c1ok ? Y[k * M + c0 + 1] : acc_t(0);
           c00 += a0 * b0, c01 += a0 * b1, c10 += a1 * b0, c11 += a1 * b1;
@@ -149,25 +169,28 @@ __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t*
 // keep_a + j M M (for the backward). Returns the step count k; the result is in
 // qs + (k % 2) D M. The same function serves forward and backward, so both take the same steps.
 template <typename acc_t>
-__device__ int64_t run_forward(acc_t* qs, acc_t* as, int64_t D, int64_t M, int64_t max_steps,
+__device__ int64_t run_forward(acc_t* qs, acc_t* as, int D, int M, int64_t max_steps,
                                acc_t tol2, acc_t* keep_q, acc_t* keep_a, acc_t* red) {
-  const int64_t DM = D * M, MM = M * M;
+  const int DM = D * M, MM = M * M;
   int64_t k = 0;
   for (; k < max_steps; ++k) {
-    const acc_t* q = qs + (k % 2) * DM;
-    acc_t* qn = qs + ((k + 1) % 2) * DM;
+    const acc_t* q = qs + ((k & 1) ? DM : 0);
+    acc_t* qn = qs + ((k & 1) ? 0 : DM);
     gemm_tn(as, q, q, D, M);
     __syncthreads();
     acc_t e2 = 0;
-    for (int64_t i = threadIdx.x; i < MM; i += blockDim.x) {
-      const acc_t e = as[i] - (i / M == i % M ? acc_t(1) : acc_t(0));
+    TileWalk rc(M);  // (row, col) of element i of A, without a division per element
+    for (int i = threadIdx.x; i < MM; i += blockDim.x, rc.next()) {
+      const acc_t e = as[i] - (rc.row == rc.col ? acc_t(1) : acc_t(0));
       e2 += e * e;
     }
     e2 = block_sum(e2, red);
     if (!(e2 > tol2)) break;  // block-uniform: every thread holds the same sum
     if (keep_q != nullptr) {  // reads what gemm_nn reads; the barrier below orders the reuse
-      for (int64_t i = threadIdx.x; i < DM; i += blockDim.x) keep_q[k * DM + i] = q[i];
-      for (int64_t i = threadIdx.x; i < MM; i += blockDim.x) keep_a[k * MM + i] = as[i];
+      acc_t* kq = keep_q + k * static_cast<int64_t>(DM);  // 64-bit: k runs to max_steps
+      acc_t* ka = keep_a + k * static_cast<int64_t>(MM);
+      for (int i = threadIdx.x; i < DM; i += blockDim.x) kq[i] = q[i];
+      for (int i = threadIdx.x; i < MM; i += blockDim.x) ka[i] = as[i];
     }
     gemm_nn(qn, q, as, static_cast<const acc_t*>(nullptr), static_cast<const acc_t*>(nullptr), q,
             acc_t(-0.5), acc_t(1.5), D, M);
@@ -181,50 +204,52 @@ __device__ int64_t run_forward(acc_t* qs, acc_t* as, int64_t D, int64_t M, int64
 constexpr int kCopyBatch = 8;
 
 template <typename dst_t, typename src_t>
-__device__ __forceinline__ void block_copy(dst_t* dst, const src_t* src, int64_t n) {
-  for (int64_t base = threadIdx.x; base < n; base += kCopyBatch * blockDim.x) {
+__device__ __forceinline__ void block_copy(dst_t* dst, const src_t* src, int n) {
+  const int nt = blockDim.x;
+  for (int base = threadIdx.x; base < n; base += kCopyBatch * nt) {
     dst_t v[kCopyBatch];
 #pragma unroll
     for (int u = 0; u < kCopyBatch; ++u) {
-      const int64_t i = base + u * blockDim.x;
+      const int i = base + u * nt;
       v[u] = i < n ? to_acc<dst_t>(src[i]) : dst_t(0);
     }
 #pragma unroll
     for (int u = 0; u < kCopyBatch; ++u) {
-      const int64_t i = base + u * blockDim.x;
+      const int i = base + u * nt;
       if (i < n) dst[i] = v[u];
     }
   }
 }
 
 template <typename scalar_t, typename acc_t>
-__device__ void load_matrix(const scalar_t* src, acc_t* dst, int64_t n) {
+__device__ void load_matrix(const scalar_t* src, acc_t* dst, int n) {
   block_copy(dst, src, n);
   __syncthreads();
 }
 
 template <typename scalar_t, typename acc_t>
-__device__ void store_matrix(const acc_t* src, scalar_t* dst, int64_t n) {
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = from_acc<scalar_t>(src[i]);
+__device__ void store_matrix(const acc_t* src, scalar_t* dst, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = from_acc<scalar_t>(src[i]);
   __syncthreads();
 }
 
-template <typename scalar_t, typename acc_t>
+// kShared: Q, Q' and A in dynamic shared memory (a template argument, so that the products
+// load with LDS and 32-bit addresses rather than generic loads), else in the block's workspace.
+template <typename scalar_t, typename acc_t, bool kShared>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __restrict__ q,
                                                            scalar_t* __restrict__ out, int64_t N,
-                                                           int64_t D, int64_t M,
-                                                           int64_t max_steps, acc_t tol2,
-                                                           acc_t* workspace) {
+                                                           int D, int M, int64_t max_steps,
+                                                           acc_t tol2, acc_t* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];  // paired loads need 16 B
   __shared__ acc_t red[32];
-  const int64_t DM = D * M;
-  acc_t* buf = workspace != nullptr ? workspace + blockIdx.x * (2 * DM + M * M)
-                                    : reinterpret_cast<acc_t*>(smem_raw);
+  const int64_t DM = int64_t(D) * M;
+  acc_t* buf = kShared ? reinterpret_cast<acc_t*>(smem_raw)
+                       : workspace + blockIdx.x * (2 * DM + int64_t(M) * M);
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
-    load_matrix(q + m * DM, buf, DM);
+    load_matrix(q + m * DM, buf, D * M);
     const int64_t k = run_forward(buf, buf + 2 * DM, D, M, max_steps, tol2,
                                   static_cast<acc_t*>(nullptr), static_cast<acc_t*>(nullptr), red);
-    store_matrix(buf + (k % 2) * DM, out + m * DM, DM);
+    store_matrix(buf + ((k & 1) ? DM : 0), out + m * DM, D * M);
   }
 }
 
@@ -237,11 +262,11 @@ __host__ __device__ inline int64_t backward_buffer_elements(int64_t D, int64_t M
 template <typename scalar_t, typename acc_t, bool kShared>
 __global__ void __launch_bounds__(kThreads) backward_kernel(
     const scalar_t* __restrict__ grad, const scalar_t* __restrict__ q,
-    scalar_t* __restrict__ grad_q, int64_t N, int64_t D, int64_t M, int64_t max_steps,
+    scalar_t* __restrict__ grad_q, int64_t N, int D, int M, int64_t max_steps,
     acc_t tol2, acc_t* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];  // paired loads need 16 B
   __shared__ acc_t red[32];
-  const int64_t DM = D * M, MM = M * M;
+  const int64_t DM = int64_t(D) * M, MM = int64_t(M) * M;  // 64-bit: workspace offsets
   const int64_t steps_slots = max_steps > 0 ? max_steps : 1;
   acc_t* keep_q = workspace + blockIdx.x * (steps_slots * (DM + MM) +
                                             (kShared ? 0 : backward_buffer_elements(D, M)));
@@ -252,19 +277,21 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
   acc_t* gn = g + DM;
   acc_t* s = gn + DM;
   acc_t* ssym = s + MM;
+  const int dm = D * M, mm = M * M;  // within one matrix
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
-    load_matrix(q + m * DM, qs, DM);
+    load_matrix(q + m * DM, qs, dm);
     const int64_t k = run_forward(qs, as, D, M, max_steps, tol2, keep_q, keep_a, red);
-    load_matrix(grad + m * DM, g, DM);
+    load_matrix(grad + m * DM, g, dm);
     for (int64_t j = k - 1; j >= 0; --j) {
       // Q_j and A_j back from the workspace (the barrier after the copies makes them visible)
-      block_copy(qs, keep_q + j * DM, DM);
-      block_copy(as, keep_a + j * MM, MM);
+      block_copy(qs, keep_q + j * DM, dm);
+      block_copy(as, keep_a + j * MM, mm);
       __syncthreads();
       gemm_tn(s, qs, g, D, M);  // S = Q_j^T G
       __syncthreads();
-      for (int64_t i = threadIdx.x; i < MM; i += blockDim.x)
-        ssym[i] = s[i] + s[(i % M) * M + i / M];
+      TileWalk rc(M);  // (row, col) of element i of S
+      for (int i = threadIdx.x; i < mm; i += blockDim.x, rc.next())
+        ssym[i] = s[i] + s[rc.col * M + rc.row];
       __syncthreads();
       gemm_nn(gn, g, as, qs, ssym, g, acc_t(-0.5), acc_t(1.5), D, M);
       __syncthreads();
@@ -272,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
       g = gn;
       gn = tmp;
     }
-    store_matrix(g, grad_q + m * DM, DM);
+    store_matrix(g, grad_q + m * DM, dm);
   }
 }
 
@@ -280,6 +307,10 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
 int blocks_for(int64_t N, int per_sm, int num_sms) {
   const int64_t b = static_cast<int64_t>(num_sms) * per_sm;
   return static_cast<int>(N < b ? (N > 0 ? N : 1) : b);
+}
+
+bool int_indices_fit(int64_t D, int64_t M) {
+  return D * M <= kMaxMatrixElements && M * M <= kMaxMatrixElements;
 }
 
 size_t forward_smem(int64_t D, int64_t M, size_t acc_size) {
@@ -313,17 +344,24 @@ cudaError_t bjorck_forward(const scalar_t* q, scalar_t* out, int64_t N, int64_t 
                            int64_t max_steps, double tol, int blocks, acc_t* workspace,
                            size_t max_smem_bytes, cudaStream_t stream) {
   if (N == 0 || D * M == 0) return cudaSuccess;
+  if (!int_indices_fit(D, M)) return cudaErrorInvalidValue;
+  const int d32 = static_cast<int>(D), m32 = static_cast<int>(M);
   const size_t smem = forward_smem(D, M, sizeof(acc_t));
-  const bool in_smem = smem <= max_smem_bytes;
-  if (!in_smem && workspace == nullptr) return cudaErrorInvalidValue;
-  if (in_smem && smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(forward_kernel<scalar_t, acc_t>,
+  const acc_t tol2 = static_cast<acc_t>(tol * tol);
+  if (smem > max_smem_bytes) {
+    if (workspace == nullptr) return cudaErrorInvalidValue;
+    forward_kernel<scalar_t, acc_t, false><<<blocks, kThreads, 0, stream>>>(
+        q, out, N, d32, m32, max_steps, tol2, workspace);
+    return cudaGetLastError();
+  }
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(forward_kernel<scalar_t, acc_t, true>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  forward_kernel<scalar_t, acc_t><<<blocks, kThreads, in_smem ? smem : 0, stream>>>(
-      q, out, N, D, M, max_steps, static_cast<acc_t>(tol * tol), in_smem ? nullptr : workspace);
+  forward_kernel<scalar_t, acc_t, true><<<blocks, kThreads, smem, stream>>>(
+      q, out, N, d32, m32, max_steps, tol2, nullptr);
   return cudaGetLastError();
 }
 
@@ -332,12 +370,13 @@ cudaError_t bjorck_backward(const scalar_t* grad, const scalar_t* q, scalar_t* g
                             int64_t D, int64_t M, int64_t max_steps, double tol, int blocks,
                             acc_t* workspace, size_t max_smem_bytes, cudaStream_t stream) {
   if (N == 0 || D * M == 0) return cudaSuccess;
-  if (workspace == nullptr) return cudaErrorInvalidValue;
+  if (workspace == nullptr || !int_indices_fit(D, M)) return cudaErrorInvalidValue;
+  const int d32 = static_cast<int>(D), m32 = static_cast<int>(M);
   const acc_t tol2 = static_cast<acc_t>(tol * tol);
   const size_t smem = size_t(backward_buffer_elements(D, M)) * sizeof(acc_t);
   if (smem > max_smem_bytes) {
     backward_kernel<scalar_t, acc_t, false><<<blocks, kThreads, 0, stream>>>(
-        grad, q, grad_q, N, D, M, max_steps, tol2, workspace);
+        grad, q, grad_q, N, d32, m32, max_steps, tol2, workspace);
     return cudaGetLastError();
   }
   if (smem > 48 * 1024) {
@@ -347,7 +386,7 @@ cudaError_t bjorck_backward(const scalar_t* grad, const scalar_t* q, scalar_t* g
     if (err != cudaSuccess) return err;
   }
   backward_kernel<scalar_t, acc_t, true><<<blocks, kThreads, smem, stream>>>(
-      grad, q, grad_q, N, D, M, max_steps, tol2, workspace);
+      grad, q, grad_q, N, d32, m32, max_steps, tol2, workspace);
   return cudaGetLastError();
 }
 
