@@ -14,9 +14,10 @@
 // Goal: within 2x, i.e. ~240 us forward and ~600 us backward.
 //
 // Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared memory
-// (20 KB at 64 x 32 float; the grid then has up to 8 blocks an SM, 6 of them resident at the 40
-// registers ptxas gives the float kernel for sm_90; forcing 8 spills). Products are register-tiled
-// 2 x 2 per thread over the shared operands, loading adjacent pairs when M is even. The convergence
+// (20 KB at 64 x 32 float; the forward has 128 threads a block and up to 8 blocks an SM, all
+// resident at the 59 registers ptxas gives the float kernel for sm_90). Products are
+// register-tiled 4 x 4 per thread over the shared operands when M and D are multiples of 8
+// (gemm_tn_quads, gemm_nn_quads), else 2 x 2 with paired loads when M is even. The convergence
 // test is a block reduction whose result every thread reads from shared memory, so the whole block
 // leaves the loop together and a converged matrix is not touched again; nothing goes back to the
 // host. The backward re-runs the very same forward device function (so it takes the same number of
@@ -25,10 +26,11 @@
 // them back, loading Q_j and A_j into shared memory beside the gradient buffers. Matrices too large
 // for shared memory run the same code on buffers in the global workspace.
 //
-// History: the version whose backward worked in global memory ran green on an H100
-// (2026-11-26) at 5.8x the arithmetic floor in kernel time; the shared-memory backward, the
-// larger forward grid and the paired loads have run only under the CPU emulation of
-// tests/cuda_emulator.
+// History (H100, benchmarks/results/gpu-h100-2026-11-26*.md): the backward in global memory ran
+// at 5.8x the arithmetic floor in kernel time; the shared-memory backward with 2 x 2 tiles and
+// paired loads at 3.9x. Shared memory returns one register per lane and cycle, so 2 x 2 tiles
+// (4 registers loaded per 4 FMAs) cap the products near a quarter of the FMA rate; 4 x 4 tiles
+// load 8 per 16. The 4 x 4 tiles have run only under the CPU emulation of tests/cuda_emulator.
 #include "orthogonal.cuh"
 #include "convert.cuh"
 
@@ -38,7 +40,11 @@ namespace lvmfast {
 namespace kernels {
 namespace {
 
-constexpr int kThreads = 256;
+// The forward's two products have 4 x 4 tiles for every one of 128 threads at 64 x 32 (gemm_tn
+// with its D rows split in two); 128 threads also let 8 blocks an SM stay resident. The backward
+// keeps few blocks (its workspace is per block), so it runs more threads in each.
+constexpr int kForwardThreads = 128;
+constexpr int kBackwardThreads = 256;
 // The backward's workspace is per block, so it keeps few; a shared-memory forward has none.
 constexpr int kBlocksPerSm = 2;
 constexpr int kForwardBlocksPerSm = 8;
@@ -96,10 +102,126 @@ struct TileWalk {
 // Offsets over the batch and the workspace stay 64-bit.
 constexpr int64_t kMaxMatrixElements = int64_t(1) << 30;
 
+// Register tiles of 4 x 4 (the fast path, M and D multiples of 8). Shared memory returns one
+// 32-bit register per lane and cycle, so a product's speed is set by the registers it loads per
+// multiply-add: 2 x 2 tiles load 4 for 4 FMAs (a quarter of the FMA rate), 4 x 4 tiles 8 for 16.
+// Lanes are placed so that lane n and n ^ 1 load the same X address and n and n ^ 2 the same Y
+// address: such loads are packed and cost half (rule documented for CC 7.x). Four adjacent
+// lanes hold a 2 x 2 block of tiles; the bits above pick the block (and a K split, in gemm_tn).
+template <typename acc_t>
+struct Quad {
+  acc_t v[4];
+};
+__device__ __forceinline__ Quad<float> load_quad(const float* p) {
+  const float4 t = *reinterpret_cast<const float4*>(p);
+  return {{t.x, t.y, t.z, t.w}};
+}
+__device__ __forceinline__ Quad<double> load_quad(const double* p) {
+  const double2 a = *reinterpret_cast<const double2*>(p);
+  const double2 b = *reinterpret_cast<const double2*>(p + 2);
+  return {{a.x, a.y, b.x, b.y}};
+}
+__device__ __forceinline__ void store_quad(float* p, const float (&v)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store_quad(double* p, const double (&v)[4]) {
+  *reinterpret_cast<double2*>(p) = make_double2(v[0], v[1]);
+  *reinterpret_cast<double2*>(p + 2) = make_double2(v[2], v[3]);
+}
+
+// Tile (row, col) of work item w on a grid of `cols` tile columns (rows and cols even): the low
+// two bits pick the tile within a 2 x 2 block, the bits above `low` (split bits) pick the block.
+struct QuadTile {
+  int row, col;
+  __device__ __forceinline__ QuadTile(int w, int cols, int split_bits) {
+    const int block = (w >> 2) >> split_bits, half_cols = cols >> 1;
+    row = 2 * (block / half_cols) + ((w >> 1) & 1);
+    col = 2 * (block % half_cols) + (w & 1);
+  }
+};
+
+// Most K splits of gemm_tn per tile: partial sums are combined with shuffles inside a warp.
+constexpr int kMaxSplitBits = 1;
+
+// gemm_tn's fast path: C (M x M) = X^T Y with 4 x 4 tiles; when the block has threads to spare,
+// the D rows are split over 2 lanes (d = s, s + 2, ...) and the halves summed with a shuffle.
+template <typename acc_t>
+__device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M) {
+  const int tiles = (M / 4) * (M / 4), nt = blockDim.x;
+  const int split_bits = 2 * tiles <= nt ? kMaxSplitBits : 0, splits = 1 << split_bits;
+  const int items = tiles << split_bits;
+  // every lane runs the same trip count: the shuffles need whole warps
+  for (int base = 0; base < items; base += nt) {
+    const int w = base + static_cast<int>(threadIdx.x);
+    const bool active = w < items;
+    const int s = (w >> 2) & (splits - 1);
+    const QuadTile t(active ? w : 0, M / 4, split_bits);
+    const int i0 = 4 * t.row, j0 = 4 * t.col;
+    acc_t c[4][4] = {};
+    if (active) {
+#pragma unroll 4
+      for (int d = s; d < D; d += splits) {
+        const Quad<acc_t> a = load_quad(X + d * M + i0), b = load_quad(Y + d * M + j0);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) c[i][j] += a.v[i] * b.v[j];
+      }
+    }
+    if (split_bits > 0) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) c[i][j] += __shfl_xor_sync(0xffffffffu, c[i][j], 4);
+    }
+    if (active && s == 0) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) store_quad(C + (i0 + i) * M + j0, c[i]);
+    }
+  }
+}
+
+// gemm_nn's fast path: C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z with 4 x 4 tiles, two steps of
+// k at a time (X's pairs along its rows, Y's quads along two rows).
+template <typename acc_t>
+__device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
+                              const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D,
+                              int M) {
+  const int items = (D / 4) * (M / 4);
+  for (int w = threadIdx.x; w < items; w += blockDim.x) {
+    const QuadTile t(w, M / 4, 0);
+    const int r0 = 4 * t.row, c0 = 4 * t.col;
+    acc_t c[4][4] = {};
+    for (int pass = 0; pass < (X2 != nullptr ? 2 : 1); ++pass) {
+      const acc_t* X = (pass == 0 ? X1 : X2) + r0 * M;
+      const acc_t* Y = (pass == 0 ? Y1 : Y2) + c0;
+#pragma unroll 2
+      for (int k = 0; k < M; k += 2) {
+        const Quad<acc_t> y0 = load_quad(Y + k * M), y1 = load_quad(Y + (k + 1) * M);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const auto x = load_pair(X + i * M + k);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) c[i][j] = x.y * y1.v[j] + (x.x * y0.v[j] + c[i][j]);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const Quad<acc_t> z = load_quad(Z + (r0 + i) * M + c0);
+      acc_t out[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) out[j] = alpha * c[i][j] + beta * z.v[j];
+      store_quad(C + (r0 + i) * M + c0, out);
+    }
+  }
+}
+
 // C (M x M) = X^T Y for X, Y (D x M) row-major; 2 x 2 outputs per thread. Paired loads when M
 // is even (every row then starts on a pair boundary).
 template <typename acc_t>
 __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M) {
+  if (M % 8 == 0) return gemm_tn_quads(C, X, Y, D, M);
   const int tiles = (M + 1) / 2;
   for (TileWalk w(tiles); w.row < tiles; w.next()) {
     const int i0 = 2 * w.row, j0 = 2 * w.col;
@@ -132,6 +254,7 @@ __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M) 
 template <typename acc_t>
 __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                         const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D, int M) {
+  if (D % 8 == 0 && M % 8 == 0) return gemm_nn_quads(C, X1, Y1, X2, Y2, Z, alpha, beta, D, M);
   const int rt = (D + 1) / 2, ct = (M + 1) / 2;
   for (TileWalk w(ct); w.row < rt; w.next()) {
     const int r0 = 2 * w.row, c0 = 2 * w.col;
@@ -236,7 +359,7 @@ __device__ void store_matrix(const acc_t* src, scalar_t* dst, int n) {
 // kShared: Q, Q' and A in dynamic shared memory (a template argument, so that the products
 // load with LDS and 32-bit addresses rather than generic loads), else in the block's workspace.
 template <typename scalar_t, typename acc_t, bool kShared>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __restrict__ q,
+__global__ void __launch_bounds__(kForwardThreads) forward_kernel(const scalar_t* __restrict__ q,
                                                            scalar_t* __restrict__ out, int64_t N,
                                                            int D, int M, int64_t max_steps,
                                                            acc_t tol2, acc_t* workspace) {
@@ -260,7 +383,7 @@ __host__ __device__ inline int64_t backward_buffer_elements(int64_t D, int64_t M
 }
 
 template <typename scalar_t, typename acc_t, bool kShared>
-__global__ void __launch_bounds__(kThreads) backward_kernel(
+__global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
     const scalar_t* __restrict__ grad, const scalar_t* __restrict__ q,
     scalar_t* __restrict__ grad_q, int64_t N, int D, int M, int64_t max_steps,
     acc_t tol2, acc_t* workspace) {
@@ -350,7 +473,7 @@ cudaError_t bjorck_forward(const scalar_t* q, scalar_t* out, int64_t N, int64_t 
   const acc_t tol2 = static_cast<acc_t>(tol * tol);
   if (smem > max_smem_bytes) {
     if (workspace == nullptr) return cudaErrorInvalidValue;
-    forward_kernel<scalar_t, acc_t, false><<<blocks, kThreads, 0, stream>>>(
+    forward_kernel<scalar_t, acc_t, false><<<blocks, kForwardThreads, 0, stream>>>(
         q, out, N, d32, m32, max_steps, tol2, workspace);
     return cudaGetLastError();
   }
@@ -360,7 +483,7 @@ cudaError_t bjorck_forward(const scalar_t* q, scalar_t* out, int64_t N, int64_t 
                                                  static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  forward_kernel<scalar_t, acc_t, true><<<blocks, kThreads, smem, stream>>>(
+  forward_kernel<scalar_t, acc_t, true><<<blocks, kForwardThreads, smem, stream>>>(
       q, out, N, d32, m32, max_steps, tol2, nullptr);
   return cudaGetLastError();
 }
@@ -375,7 +498,7 @@ cudaError_t bjorck_backward(const scalar_t* grad, const scalar_t* q, scalar_t* g
   const acc_t tol2 = static_cast<acc_t>(tol * tol);
   const size_t smem = size_t(backward_buffer_elements(D, M)) * sizeof(acc_t);
   if (smem > max_smem_bytes) {
-    backward_kernel<scalar_t, acc_t, false><<<blocks, kThreads, 0, stream>>>(
+    backward_kernel<scalar_t, acc_t, false><<<blocks, kBackwardThreads, 0, stream>>>(
         grad, q, grad_q, N, d32, m32, max_steps, tol2, workspace);
     return cudaGetLastError();
   }
@@ -385,7 +508,7 @@ cudaError_t bjorck_backward(const scalar_t* grad, const scalar_t* q, scalar_t* g
                                                  static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  backward_kernel<scalar_t, acc_t, true><<<blocks, kThreads, smem, stream>>>(
+  backward_kernel<scalar_t, acc_t, true><<<blocks, kBackwardThreads, smem, stream>>>(
       grad, q, grad_q, N, d32, m32, max_steps, tol2, workspace);
   return cudaGetLastError();
 }

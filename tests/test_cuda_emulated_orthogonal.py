@@ -47,8 +47,11 @@ def check(ops, q, max_steps, tol, grad_scale=20):
     return out, grad, grad_out
 
 
+# M and D multiples of 8 take the 4 x 4 register tiles: 16 x 16 and 64 x 32 with gemm_tn's D rows
+# split over two lanes, 48 x 40 split in the backward only (partial warps in the shuffles), 72 x 64
+# split in neither (two tiles a thread; float64 backward in the global workspace).
 SHAPES = [(1, 1, 1), (4, 9, 1), (5, 7, 3), (3, 5, 5), (2, 3, 16, 16), (6, 2, 11, 6), (7, 40, 33),
-          (3, 64, 32), (2, 20, 17)]
+          (3, 64, 32), (2, 20, 17), (2, 48, 40), (2, 72, 64)]
 SETTINGS = [(30, 1e-6), (0, 1e-6), (3, 0.0), (30, 0.3), (7, 1e-3)]  # (max_steps, tol)
 
 

@@ -49,16 +49,18 @@ struct dim3 {
 struct uint3 {
   unsigned x, y, z;
 };
-struct float2 {
+// alignments as CUDA's vector types
+struct alignas(8) float2 {
   float x, y;
 };
-struct float4 {
+struct alignas(16) float4 {
   float x, y, z, w;
 };
-struct double2 {
+struct alignas(16) double2 {
   double x, y;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return {x, y}; }
 
 enum cudaError_t {
   cudaSuccess = 0,
