@@ -15,7 +15,7 @@
 //
 // Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared memory
 // (20 KB at 64 x 32 float; the forward has 128 threads a block and up to 8 blocks an SM, all
-// resident at the 59 registers ptxas gives the float kernel for sm_90). Products are
+// resident at the 51 registers ptxas gives the float kernel for sm_90). Products are
 // register-tiled 4 x 4 per thread over the shared operands when M and D are multiples of 8
 // (gemm_tn_quads, gemm_nn_quads), else 2 x 2 with paired loads when M is even. The convergence
 // test is a block reduction whose result every thread reads from shared memory, so the whole block
@@ -107,7 +107,7 @@ constexpr int64_t kMaxMatrixElements = int64_t(1) << 30;
 // multiply-add: 2 x 2 tiles load 4 for 4 FMAs (a quarter of the FMA rate), 4 x 4 tiles 8 for 16.
 // Lanes are placed so that lane n and n ^ 1 load the same X address and n and n ^ 2 the same Y
 // address: such loads are packed and cost half (rule documented for CC 7.x). Four adjacent
-// lanes hold a 2 x 2 block of tiles; the bits above pick the block (and a K split, in gemm_tn).
+// lanes hold a 2 x 2 block of tiles; the bits above pick the K split, then the block.
 template <typename acc_t>
 struct Quad {
   acc_t v[4];
@@ -130,7 +130,7 @@ __device__ __forceinline__ void store_quad(double* p, const double (&v)[4]) {
 }
 
 // Tile (row, col) of work item w on a grid of `cols` tile columns (rows and cols even): the low
-// two bits pick the tile within a 2 x 2 block, the bits above `low` (split bits) pick the block.
+// two bits pick the tile within a 2 x 2 block, the next split_bits the K split, the rest the block.
 struct QuadTile {
   int row, col;
   __device__ __forceinline__ QuadTile(int w, int cols, int split_bits) {
@@ -140,15 +140,30 @@ struct QuadTile {
   }
 };
 
-// Most K splits of gemm_tn per tile: partial sums are combined with shuffles inside a warp.
-constexpr int kMaxSplitBits = 1;
+// When a block has threads to spare, a tile's K range is split over 2^b lanes (b <= 2, lane
+// bits 2 and 3), and their partial sums are combined with shuffles inside the warp.
+constexpr int kMaxSplitBits = 2;
+__device__ __forceinline__ int split_bits_for(int tiles) {
+  int bits = 0;
+  while (bits < kMaxSplitBits && (tiles << (bits + 1)) <= static_cast<int>(blockDim.x)) ++bits;
+  return bits;
+}
+template <typename acc_t>
+__device__ __forceinline__ void sum_splits(acc_t (&c)[4][4], int split_bits) {
+  for (int offset = 4; offset < (4 << split_bits); offset <<= 1) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) c[i][j] += __shfl_xor_sync(0xffffffffu, c[i][j], offset);
+  }
+}
 
-// gemm_tn's fast path: C (M x M) = X^T Y with 4 x 4 tiles; when the block has threads to spare,
-// the D rows are split over 2 lanes (d = s, s + 2, ...) and the halves summed with a shuffle.
+// gemm_tn's fast path: C (M x M) = X^T Y with 4 x 4 tiles; split s of a tile takes the rows
+// d = s, s + splits, ...
 template <typename acc_t>
 __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M) {
   const int tiles = (M / 4) * (M / 4), nt = blockDim.x;
-  const int split_bits = 2 * tiles <= nt ? kMaxSplitBits : 0, splits = 1 << split_bits;
+  const int split_bits = split_bits_for(tiles), splits = 1 << split_bits;
   const int items = tiles << split_bits;
   // every lane runs the same trip count: the shuffles need whole warps
   for (int base = 0; base < items; base += nt) {
@@ -168,12 +183,7 @@ __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, i
           for (int j = 0; j < 4; ++j) c[i][j] += a.v[i] * b.v[j];
       }
     }
-    if (split_bits > 0) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) c[i][j] += __shfl_xor_sync(0xffffffffu, c[i][j], 4);
-    }
+    sum_splits(c, split_bits);
     if (active && s == 0) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) store_quad(C + (i0 + i) * M + j0, c[i]);
@@ -182,37 +192,48 @@ __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, i
 }
 
 // gemm_nn's fast path: C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z with 4 x 4 tiles, two steps of
-// k at a time (X's pairs along its rows, Y's quads along two rows).
+// k at a time (X's pairs along its rows, Y's quads along two rows); split s of a tile takes the
+// pairs k = 2 s, 2 (s + splits), ...
 template <typename acc_t>
 __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                               const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D,
                               int M) {
-  const int items = (D / 4) * (M / 4);
-  for (int w = threadIdx.x; w < items; w += blockDim.x) {
-    const QuadTile t(w, M / 4, 0);
+  const int tiles = (D / 4) * (M / 4), nt = blockDim.x;
+  const int split_bits = split_bits_for(tiles), splits = 1 << split_bits;
+  const int items = tiles << split_bits;
+  for (int base = 0; base < items; base += nt) {
+    const int w = base + static_cast<int>(threadIdx.x);
+    const bool active = w < items;
+    const int s = (w >> 2) & (splits - 1);
+    const QuadTile t(active ? w : 0, M / 4, split_bits);
     const int r0 = 4 * t.row, c0 = 4 * t.col;
     acc_t c[4][4] = {};
-    for (int pass = 0; pass < (X2 != nullptr ? 2 : 1); ++pass) {
-      const acc_t* X = (pass == 0 ? X1 : X2) + r0 * M;
-      const acc_t* Y = (pass == 0 ? Y1 : Y2) + c0;
+    if (active) {
+      for (int pass = 0; pass < (X2 != nullptr ? 2 : 1); ++pass) {
+        const acc_t* X = (pass == 0 ? X1 : X2) + r0 * M;
+        const acc_t* Y = (pass == 0 ? Y1 : Y2) + c0;
 #pragma unroll 2
-      for (int k = 0; k < M; k += 2) {
-        const Quad<acc_t> y0 = load_quad(Y + k * M), y1 = load_quad(Y + (k + 1) * M);
+        for (int k = 2 * s; k < M; k += 2 * splits) {
+          const Quad<acc_t> y0 = load_quad(Y + k * M), y1 = load_quad(Y + (k + 1) * M);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const auto x = load_pair(X + i * M + k);
+          for (int i = 0; i < 4; ++i) {
+            const auto x = load_pair(X + i * M + k);
 #pragma unroll
-          for (int j = 0; j < 4; ++j) c[i][j] = x.y * y1.v[j] + (x.x * y0.v[j] + c[i][j]);
+            for (int j = 0; j < 4; ++j) c[i][j] = x.y * y1.v[j] + (x.x * y0.v[j] + c[i][j]);
+          }
         }
       }
     }
+    sum_splits(c, split_bits);
+    if (active && s == 0) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const Quad<acc_t> z = load_quad(Z + (r0 + i) * M + c0);
-      acc_t out[4];
+      for (int i = 0; i < 4; ++i) {
+        const Quad<acc_t> z = load_quad(Z + (r0 + i) * M + c0);
+        acc_t out[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) out[j] = alpha * c[i][j] + beta * z.v[j];
-      store_quad(C + (r0 + i) * M + c0, out);
+        for (int j = 0; j < 4; ++j) out[j] = alpha * c[i][j] + beta * z.v[j];
+        store_quad(C + (r0 + i) * M + c0, out);
+      }
     }
   }
 }
