@@ -65,6 +65,9 @@ for fam in "${FAMILIES[@]}"; do
   stamp "  $fam (limit $limit s)" | tee -a "$OUT/bench.txt"
   timeout "$limit" python -m lvmfast bench --device cuda --ops "$fam" --budget 0.3 \
     --json "/tmp/bench-$fam.json" >>"$OUT/bench.txt" 2>&1 || { bench_rc=$?; echo "  $fam: rc=$bench_rc" | tee -a "$OUT/bench.txt"; }
+  # a bench cut by the time limit can leave torch.compile's worker processes behind: the likely
+  # cause of a later call on the same machine running its host twice as slow (2026-11-26)
+  pkill -f "torch._inductor.compile_worker|torch/_inductor/compile_worker" 2>/dev/null || true
 done
 python - "$OUT/bench.json" "${FAMILIES[@]}" <<'EOF'
 import json, os, sys
