@@ -5,7 +5,8 @@
 // Types: (scalar_t, acc_t) in {(float, float), (double, double), (__half, float),
 // (__nv_bfloat16, float)}. q, out, grad, grad_q: N matrices of D x M, row-major, contiguous.
 // Each matrix runs its own iteration count inside one thread block: no host-device sync,
-// CUDA-graph capturable. Launchers are asynchronous on `stream` and return cudaError_t.
+// CUDA-graph capturable. Launchers are asynchronous on `stream` and return cudaError_t
+// (cudaErrorInvalidValue for one matrix over 2^30 elements: indices within a matrix are 32-bit).
 #pragma once
 
 #include <cstdint>
