@@ -83,15 +83,15 @@ __device__ __forceinline__ typename Pair<acc_t>::type load_pair(const acc_t* p) 
   return *reinterpret_cast<const typename Pair<acc_t>::type*>(p);
 }
 
-// Tile walk over a grid of `cols` columns: tile t = threadIdx.x + s blockDim.x is at (row, col).
-// Stepping by blockDim.x adds a precomputed (step_row, step_col) with one carry, so the per-step
+// Tile walk over a grid of `cols` columns: tile t = threadIdx.x + s stride is at (row, col).
+// Stepping by the stride adds a precomputed (step_row, step_col) with one carry, so the per-step
 // loops divide only when the walk starts (32-bit; hoisted out of the step loop where inlined).
 struct TileWalk {
   int row, col, step_row, step_col, cols;
-  __device__ __forceinline__ explicit TileWalk(int cols_) : cols(cols_) {
-    const unsigned c = static_cast<unsigned>(cols_);
+  __device__ __forceinline__ TileWalk(int cols_, int stride) : cols(cols_) {
+    const unsigned c = static_cast<unsigned>(cols_), st = static_cast<unsigned>(stride);
     row = threadIdx.x / c, col = threadIdx.x % c;
-    step_row = blockDim.x / c, step_col = blockDim.x % c;
+    step_row = st / c, step_col = st % c;
   }
   __device__ __forceinline__ void next() {
     row += step_row, col += step_col;
@@ -141,12 +141,13 @@ struct QuadTile {
   }
 };
 
-// When a block has threads to spare, a tile's K range is split over 2^b lanes (b <= 2, lane
-// bits 2 and 3), and their partial sums are combined with shuffles inside the warp.
+// When `threads` has threads to spare, a tile's K range is split over 2^b lanes (b <= 2, lane
+// bits 2 and 3), and their partial sums are combined with shuffles inside the warp. The split,
+// so the rounding, depends on `threads` only, not on the block actually running the product.
 constexpr int kMaxSplitBits = 2;
-__device__ __forceinline__ int split_bits_for(int tiles) {
+__device__ __forceinline__ int split_bits_for(int tiles, int threads) {
   int bits = 0;
-  while (bits < kMaxSplitBits && (tiles << (bits + 1)) <= static_cast<int>(blockDim.x)) ++bits;
+  while (bits < kMaxSplitBits && (tiles << (bits + 1)) <= threads) ++bits;
   return bits;
 }
 template <typename acc_t>
@@ -162,9 +163,10 @@ __device__ __forceinline__ void sum_splits(acc_t (&c)[4][4], int split_bits) {
 // gemm_tn's fast path: C (M x M) = X^T Y with 4 x 4 tiles; split s of a tile takes the rows
 // d = s, s + splits, ...
 template <typename acc_t>
-__device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M) {
+__device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
+                              int split_threads) {
   const int tiles = (M / 4) * (M / 4), nt = blockDim.x;
-  const int split_bits = split_bits_for(tiles), splits = 1 << split_bits;
+  const int split_bits = split_bits_for(tiles, split_threads), splits = 1 << split_bits;
   const int items = tiles << split_bits;
   // every lane runs the same trip count: the shuffles need whole warps
   for (int base = 0; base < items; base += nt) {
@@ -198,9 +200,9 @@ __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, i
 template <typename acc_t>
 __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                               const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D,
-                              int M) {
+                              int M, int split_threads) {
   const int tiles = (D / 4) * (M / 4), nt = blockDim.x;
-  const int split_bits = split_bits_for(tiles), splits = 1 << split_bits;
+  const int split_bits = split_bits_for(tiles, split_threads), splits = 1 << split_bits;
   const int items = tiles << split_bits;
   for (int base = 0; base < items; base += nt) {
     const int w = base + static_cast<int>(threadIdx.x);
@@ -240,12 +242,13 @@ __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const 
 }
 
 // C (M x M) = X^T Y for X, Y (D x M) row-major; 2 x 2 outputs per thread. Paired loads when M
-// is even (every row then starts on a pair boundary).
+// is even (every row then starts on a pair boundary). split_threads: see split_bits_for.
 template <typename acc_t>
-__device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M) {
-  if (M % 8 == 0) return gemm_tn_quads(C, X, Y, D, M);
+__device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
+                        int split_threads) {
+  if (M % 8 == 0) return gemm_tn_quads(C, X, Y, D, M, split_threads);
   const int tiles = (M + 1) / 2;
-  for (TileWalk w(tiles); w.row < tiles; w.next()) {
+  for (TileWalk w(tiles, blockDim.x); w.row < tiles; w.next()) {
     const int i0 = 2 * w.row, j0 = 2 * w.col;
     const bool i1ok = i0 + 1 < M, j1ok = j0 + 1 < M;
     acc_t c00 = 0, c01 = 0, c10 = 0, c11 = 0;
@@ -275,10 +278,12 @@ __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M) 
 // when M is even: two steps of k at once, X's pair along its row, Y's pair along each row.
 template <typename acc_t>
 __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
-                        const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D, int M) {
-  if (D % 8 == 0 && M % 8 == 0) return gemm_nn_quads(C, X1, Y1, X2, Y2, Z, alpha, beta, D, M);
+                        const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D, int M,
+                        int split_threads) {
+  if (D % 8 == 0 && M % 8 == 0)
+    return gemm_nn_quads(C, X1, Y1, X2, Y2, Z, alpha, beta, D, M, split_threads);
   const int rt = (D + 1) / 2, ct = (M + 1) / 2;
-  for (TileWalk w(ct); w.row < rt; w.next()) {
+  for (TileWalk w(ct, blockDim.x); w.row < rt; w.next()) {
     const int r0 = 2 * w.row, c0 = 2 * w.col;
     const bool r1ok = r0 + 1 < D, c1ok = c0 + 1 < M;
     acc_t c00 = 0, c01 = 0, c10 = 0, c11 = 0;
@@ -312,7 +317,11 @@ __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t*
 // The forward of one matrix already loaded into qs[0]; qs[0], qs[1] (D x M each) alternate and
 // as holds A. With keep_q, every executed step j also copies Q_j to keep_q + j D M and A_j to
 // keep_a + j M M (for the backward). Returns the step count k; the result is in
-// qs + (k % 2) D M. The same function serves forward and backward, so both take the same steps.
+// qs + (k % 2) D M. The same function serves forward and backward, so both take the same steps:
+// its arithmetic is that of kForwardThreads threads whatever the block (products split as for
+// them, the norm summed from their partial sums; other threads add zeros), since in float32 the
+// stopping test sits at the rounding floor and the backward's larger block would otherwise
+// round the norm differently and stop at another step.
 template <typename acc_t>
 __device__ int64_t run_forward(acc_t* qs, acc_t* as, int D, int M, int64_t max_steps,
                                acc_t tol2, acc_t* keep_q, acc_t* keep_a, acc_t* red) {
@@ -321,13 +330,15 @@ __device__ int64_t run_forward(acc_t* qs, acc_t* as, int D, int M, int64_t max_s
   for (; k < max_steps; ++k) {
     const acc_t* q = qs + ((k & 1) ? DM : 0);
     acc_t* qn = qs + ((k & 1) ? 0 : DM);
-    gemm_tn(as, q, q, D, M);
+    gemm_tn(as, q, q, D, M, kForwardThreads);
     __syncthreads();
     acc_t e2 = 0;
-    TileWalk rc(M);  // (row, col) of element i of A, without a division per element
-    for (int i = threadIdx.x; i < MM; i += blockDim.x, rc.next()) {
-      const acc_t e = as[i] - (rc.row == rc.col ? acc_t(1) : acc_t(0));
-      e2 += e * e;
+    if (threadIdx.x < kForwardThreads) {
+      TileWalk rc(M, kForwardThreads);  // (row, col) of element i of A, without a division
+      for (int i = threadIdx.x; i < MM; i += kForwardThreads, rc.next()) {
+        const acc_t e = as[i] - (rc.row == rc.col ? acc_t(1) : acc_t(0));
+        e2 += e * e;
+      }
     }
     e2 = block_sum(e2, red);
     if (!(e2 > tol2)) break;  // block-uniform: every thread holds the same sum
@@ -338,7 +349,7 @@ __device__ int64_t run_forward(acc_t* qs, acc_t* as, int D, int M, int64_t max_s
       for (int i = threadIdx.x; i < MM; i += blockDim.x) ka[i] = as[i];
     }
     gemm_nn(qn, q, as, static_cast<const acc_t*>(nullptr), static_cast<const acc_t*>(nullptr), q,
-            acc_t(-0.5), acc_t(1.5), D, M);
+            acc_t(-0.5), acc_t(1.5), D, M, kForwardThreads);
     __syncthreads();
   }
   return k;
@@ -432,13 +443,13 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
       block_copy(qs, keep_q + j * DM, dm);
       block_copy(as, keep_a + j * MM, mm);
       __syncthreads();
-      gemm_tn(s, qs, g, D, M);  // S = Q_j^T G
+      gemm_tn(s, qs, g, D, M, blockDim.x);  // S = Q_j^T G
       __syncthreads();
-      TileWalk rc(M);  // (row, col) of element i of S
+      TileWalk rc(M, blockDim.x);  // (row, col) of element i of S
       for (int i = threadIdx.x; i < mm; i += blockDim.x, rc.next())
         ssym[i] = s[i] + s[rc.col * M + rc.row];
       __syncthreads();
-      gemm_nn(gn, g, as, qs, ssym, g, acc_t(-0.5), acc_t(1.5), D, M);
+      gemm_nn(gn, g, as, qs, ssym, g, acc_t(-0.5), acc_t(1.5), D, M, blockDim.x);
       __syncthreads();
       acc_t* tmp = g;
       g = gn;

@@ -170,3 +170,32 @@ def test_non_contiguous_input(emulated_cuda):
     assert torch.equal(ops.bjorck_orthonormalize(q, 30, 1e-6), ops.bjorck_orthonormalize(q.contiguous(), 30, 1e-6))
     assert torch.equal(ops.bjorck_orthonormalize_backward(g, q, 30, 1e-6),
                        ops.bjorck_orthonormalize_backward(g.contiguous(), q.contiguous(), 30, 1e-6))
+
+
+@pytest.mark.parametrize("D,M", [(64, 32), (48, 40), (40, 33)], ids=lambda s: str(s))
+def test_backward_reruns_the_steps_the_forward_took(emulated_cuda, D, M):
+    """The backward is the gradient of the iterations the forward executed, so its re-run of the
+    forward must stop at the same step. In float32, ||Q^T Q - I||_F levels off at a rounding
+    floor (~6e-7 at 64 x 32); with tol inside that floor, whether a matrix stops is decided by
+    the last bits of the norm, so the re-run must compute it exactly as the forward kernel does,
+    although the two kernels run different thread counts. The step k each matrix took is found
+    from the forward (its result equals the fixed-k run's bit for bit); the backward must then
+    equal the fixed-k backward bit for bit."""
+    ops = emulated_cuda
+    N, max_steps = 16, 30
+    q = conditioned_q((N, D, M), torch.float32, sigma_min=0.3)
+    grad_out = torch.randn(q.shape, dtype=torch.float64).to(q.dtype)
+    fixed = [ops.bjorck_orthonormalize(q, k, 0.0) for k in range(max_steps + 1)]
+    eye = torch.eye(M, dtype=torch.float64)
+    floor = torch.stack([torch.linalg.matrix_norm(f.double().mT @ f.double() - eye)
+                         for f in fixed[15:]])
+    tol = floor.median().item()
+    out = ops.bjorck_orthonormalize(q, max_steps, tol)
+    grad = ops.bjorck_orthonormalize_backward(grad_out, q, max_steps, tol)
+    steps = []
+    for i in range(N):
+        k = next(k for k in range(max_steps + 1) if torch.equal(fixed[k][i], out[i]))
+        steps.append(k)
+        expected = ops.bjorck_orthonormalize_backward(grad_out[i:i + 1], q[i:i + 1], k, 0.0)
+        assert torch.equal(grad[i:i + 1], expected), (i, k, steps)
+    assert len(set(steps)) >= 3, steps  # tol inside the floor: matrices stop at various steps
