@@ -160,38 +160,48 @@ __device__ __forceinline__ void sum_splits(acc_t (&c)[4][4], int split_bits) {
   }
 }
 
+// For every 4 x 4 tile of a rows x cols output: accumulate(c, row0, col0, s, splits) adds split
+// s's share of the tile's sums to c; the splits are then summed and store(c, row0, col0) runs on
+// split 0. Every lane runs the same trip count: the shuffles need whole warps.
+template <typename acc_t, typename Accumulate, typename Store>
+__device__ __forceinline__ void for_each_quad_tile(int rows, int cols, int split_threads,
+                                                   Accumulate&& accumulate, Store&& store) {
+  const int tiles = (rows / 4) * (cols / 4), nt = blockDim.x;
+  const int split_bits = split_bits_for(tiles, split_threads), splits = 1 << split_bits;
+  const int items = tiles << split_bits;
+  for (int base = 0; base < items; base += nt) {
+    const int w = base + static_cast<int>(threadIdx.x);
+    const bool active = w < items;
+    const int s = (w >> 2) & (splits - 1);
+    const QuadTile t(active ? w : 0, cols / 4, split_bits);
+    acc_t c[4][4] = {};
+    if (active) accumulate(c, 4 * t.row, 4 * t.col, s, splits);
+    sum_splits(c, split_bits);
+    if (active && s == 0) store(c, 4 * t.row, 4 * t.col);
+  }
+}
+
 // gemm_tn's fast path: C (M x M) = X^T Y with 4 x 4 tiles; split s of a tile takes the rows
 // d = s, s + splits, ...
 template <typename acc_t>
 __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
                               int split_threads) {
-  const int tiles = (M / 4) * (M / 4), nt = blockDim.x;
-  const int split_bits = split_bits_for(tiles, split_threads), splits = 1 << split_bits;
-  const int items = tiles << split_bits;
-  // every lane runs the same trip count: the shuffles need whole warps
-  for (int base = 0; base < items; base += nt) {
-    const int w = base + static_cast<int>(threadIdx.x);
-    const bool active = w < items;
-    const int s = (w >> 2) & (splits - 1);
-    const QuadTile t(active ? w : 0, M / 4, split_bits);
-    const int i0 = 4 * t.row, j0 = 4 * t.col;
-    acc_t c[4][4] = {};
-    if (active) {
+  for_each_quad_tile<acc_t>(
+      M, M, split_threads,
+      [&](acc_t (&c)[4][4], int i0, int j0, int s, int splits) {
 #pragma unroll 4
-      for (int d = s; d < D; d += splits) {
-        const Quad<acc_t> a = load_quad(X + d * M + i0), b = load_quad(Y + d * M + j0);
+        for (int d = s; d < D; d += splits) {
+          const Quad<acc_t> a = load_quad(X + d * M + i0), b = load_quad(Y + d * M + j0);
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+          for (int i = 0; i < 4; ++i)
 #pragma unroll
-          for (int j = 0; j < 4; ++j) c[i][j] += a.v[i] * b.v[j];
-      }
-    }
-    sum_splits(c, split_bits);
-    if (active && s == 0) {
+            for (int j = 0; j < 4; ++j) c[i][j] += a.v[i] * b.v[j];
+        }
+      },
+      [&](const acc_t (&c)[4][4], int i0, int j0) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) store_quad(C + (i0 + i) * M + j0, c[i]);
-    }
-  }
+        for (int i = 0; i < 4; ++i) store_quad(C + (i0 + i) * M + j0, c[i]);
+      });
 }
 
 // gemm_nn's fast path: C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z with 4 x 4 tiles, two steps of
@@ -201,44 +211,34 @@ template <typename acc_t>
 __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                               const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D,
                               int M, int split_threads) {
-  const int tiles = (D / 4) * (M / 4), nt = blockDim.x;
-  const int split_bits = split_bits_for(tiles, split_threads), splits = 1 << split_bits;
-  const int items = tiles << split_bits;
-  for (int base = 0; base < items; base += nt) {
-    const int w = base + static_cast<int>(threadIdx.x);
-    const bool active = w < items;
-    const int s = (w >> 2) & (splits - 1);
-    const QuadTile t(active ? w : 0, M / 4, split_bits);
-    const int r0 = 4 * t.row, c0 = 4 * t.col;
-    acc_t c[4][4] = {};
-    if (active) {
-      for (int pass = 0; pass < (X2 != nullptr ? 2 : 1); ++pass) {
-        const acc_t* X = (pass == 0 ? X1 : X2) + r0 * M;
-        const acc_t* Y = (pass == 0 ? Y1 : Y2) + c0;
+  for_each_quad_tile<acc_t>(
+      D, M, split_threads,
+      [&](acc_t (&c)[4][4], int r0, int c0, int s, int splits) {
+        for (int pass = 0; pass < (X2 != nullptr ? 2 : 1); ++pass) {
+          const acc_t* X = (pass == 0 ? X1 : X2) + r0 * M;
+          const acc_t* Y = (pass == 0 ? Y1 : Y2) + c0;
 #pragma unroll 2
-        for (int k = 2 * s; k < M; k += 2 * splits) {
-          const Quad<acc_t> y0 = load_quad(Y + k * M), y1 = load_quad(Y + (k + 1) * M);
+          for (int k = 2 * s; k < M; k += 2 * splits) {
+            const Quad<acc_t> y0 = load_quad(Y + k * M), y1 = load_quad(Y + (k + 1) * M);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const auto x = load_pair(X + i * M + k);
+            for (int i = 0; i < 4; ++i) {
+              const auto x = load_pair(X + i * M + k);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) c[i][j] = x.y * y1.v[j] + (x.x * y0.v[j] + c[i][j]);
+              for (int j = 0; j < 4; ++j) c[i][j] = x.y * y1.v[j] + (x.x * y0.v[j] + c[i][j]);
+            }
           }
         }
-      }
-    }
-    sum_splits(c, split_bits);
-    if (active && s == 0) {
+      },
+      [&](const acc_t (&c)[4][4], int r0, int c0) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const Quad<acc_t> z = load_quad(Z + (r0 + i) * M + c0);
-        acc_t out[4];
+        for (int i = 0; i < 4; ++i) {
+          const Quad<acc_t> z = load_quad(Z + (r0 + i) * M + c0);
+          acc_t out[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) out[j] = alpha * c[i][j] + beta * z.v[j];
-        store_quad(C + (r0 + i) * M + c0, out);
-      }
-    }
-  }
+          for (int j = 0; j < 4; ++j) out[j] = alpha * c[i][j] + beta * z.v[j];
+          store_quad(C + (r0 + i) * M + c0, out);
+        }
+      });
 }
 
 // C (M x M) = X^T Y for X, Y (D x M) row-major; 2 x 2 outputs per thread. Paired loads when M
