@@ -34,6 +34,7 @@
 // threads an SM for its per-block workspace, is the larger gap (3.3x).
 #include "orthogonal.cuh"
 #include "convert.cuh"
+#include "launch.cuh"
 
 #include <cstdint>
 
@@ -510,15 +511,9 @@ cudaError_t bjorck_forward(const scalar_t* q, scalar_t* out, int64_t N, int64_t 
         q, out, N, d32, m32, max_steps, tol2, workspace);
     return cudaGetLastError();
   }
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(forward_kernel<scalar_t, acc_t, true>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  forward_kernel<scalar_t, acc_t, true><<<blocks, kForwardThreads, smem, stream>>>(
-      q, out, N, d32, m32, max_steps, tol2, nullptr);
-  return cudaGetLastError();
+  return launch_with_smem(forward_kernel<scalar_t, acc_t, true>, blocks, kForwardThreads, smem,
+                          stream, q, out, N, d32, m32, max_steps, tol2,
+                          static_cast<acc_t*>(nullptr));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -535,15 +530,8 @@ cudaError_t bjorck_backward(const scalar_t* grad, const scalar_t* q, scalar_t* g
         grad, q, grad_q, N, d32, m32, max_steps, tol2, workspace);
     return cudaGetLastError();
   }
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(backward_kernel<scalar_t, acc_t, true>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  backward_kernel<scalar_t, acc_t, true><<<blocks, kBackwardThreads, smem, stream>>>(
-      grad, q, grad_q, N, d32, m32, max_steps, tol2, workspace);
-  return cudaGetLastError();
+  return launch_with_smem(backward_kernel<scalar_t, acc_t, true>, blocks, kBackwardThreads,
+                          smem, stream, grad, q, grad_q, N, d32, m32, max_steps, tol2, workspace);
 }
 
 #define LVMFAST_BJ_INSTANTIATE(S, A)                                                            \

@@ -40,6 +40,7 @@
 // With the row groups, the shared triangle array and the asynchronous copies: 2.1-4.0x fwd+bwd,
 // 2.7-5.4x forward alone (the orthogonal kind the farthest).
 #include "convert.cuh"
+#include "launch.cuh"
 #include "sylvester.cuh"
 
 #include <cmath>
@@ -513,19 +514,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Launches `kernel` with `smem` bytes of dynamic shared memory (opting in past 48 KB).
-template <typename... Params, typename... Args>
-cudaError_t launch(void (*kernel)(Params...), int blocks, size_t smem, cudaStream_t stream,
-                   Args... args) {
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  kernel<<<blocks, kThreads, smem, stream>>>(args...);
-  return cudaGetLastError();
-}
-
 int grid_size(int64_t B, int per_sm, int num_sms) {
   const int64_t cap = static_cast<int64_t>(per_sm) * (num_sms > 0 ? num_sms : 1);
   return static_cast<int>(B < cap ? B : cap);
@@ -547,10 +535,10 @@ cudaError_t sylvester_forward(const scalar_t* z, const scalar_t* r1, const scala
   const size_t staged = vectors + size_t(staged_elements(dims)) * sizeof(acc_t);
   const int blocks = grid_size(dims.B, 16, num_sms);
   if (staged <= kStagedSmemLimit) {
-    return launch(forward_kernel<scalar_t, acc_t, true>, blocks, staged, stream, z, r1, r2, b, q,
+    return launch_with_smem(forward_kernel<scalar_t, acc_t, true>, blocks, kThreads, staged, stream, z, r1, r2, b, q,
                   out, logdet, dims);
   }
-  return launch(forward_kernel<scalar_t, acc_t, false>, blocks, vectors, stream, z, r1, r2, b, q,
+  return launch_with_smem(forward_kernel<scalar_t, acc_t, false>, blocks, kThreads, vectors, stream, z, r1, r2, b, q,
                 out, logdet, dims);
 }
 
@@ -566,11 +554,11 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
   const size_t staged = vectors + size_t(staged_elements(dims)) * sizeof(acc_t);
   acc_t* slices = shared_size > 0 ? workspace : nullptr;
   if (staged <= kStagedSmemLimit) {
-    return launch(backward_kernel<scalar_t, acc_t, true>, blocks, staged, stream, grad_out,
+    return launch_with_smem(backward_kernel<scalar_t, acc_t, true>, blocks, kThreads, staged, stream, grad_out,
                   grad_logdet, z, r1, r2, b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices,
                   shared_size, dims);
   }
-  return launch(backward_kernel<scalar_t, acc_t, false>, blocks, vectors, stream, grad_out,
+  return launch_with_smem(backward_kernel<scalar_t, acc_t, false>, blocks, kThreads, vectors, stream, grad_out,
                 grad_logdet, z, r1, r2, b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices,
                 shared_size, dims);
 }

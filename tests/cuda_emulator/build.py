@@ -5,7 +5,7 @@ are `torch.ops.lvmfast_emulated.<op>` on CPU tensors. Tests then run the real CU
 Rewrites, on copies in the build folder:
   * kernels/*.cu: the runtime header included first, as nvcc does;
     `kernel<<<grid, block, smem, stream>>>(args)` -> `::emu::launch(kernel, grid, block, smem,
-    stream)(args)`; `extern __shared__ ... name[];` -> a pointer to the emulated block's dynamic
+    stream)(args)` (in kernels/*.cuh too); `extern __shared__ ... name[];` -> a pointer to the emulated block's dynamic
     shared memory; `#include <cassert>` -> include/emulated_assert.h (a failing device-side
     assert raises instead of aborting). Compiled as C++.
   * csrc/cuda/*.cpp: registered for the CPU key of the `lvmfast_emulated` library; `is_cuda()`
@@ -81,8 +81,8 @@ def prepare(families: list[str], build_dir: Path) -> list[Path]:
         (build_dir / sub).mkdir(parents=True, exist_ok=True)
     for header in (ROOT / "csrc").glob("*.h"):
         _write(build_dir / "csrc" / header.name, header.read_text())
-    for header in (ROOT / "kernels").glob("*.cuh"):
-        _write(build_dir / "kernels" / header.name, header.read_text())
+    for header in (ROOT / "kernels").glob("*.cuh"):  # a header may launch too (launch.cuh)
+        _write(build_dir / "kernels" / header.name, rewrite_launches(header.read_text()))
     _write(build_dir / "csrc/cuda/dispatch.h", rewrite_glue((ROOT / "csrc/cuda/dispatch.h").read_text()))
     sources = [build_dir / "csrc/ops.cpp"]
     _write(sources[0], rewrite_schemas((ROOT / "csrc/ops.cpp").read_text()))
