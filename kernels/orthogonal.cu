@@ -23,7 +23,10 @@
 // host. The backward re-runs the very same forward device function (so it takes the same number of
 // steps) in shared memory, copying each executed iterate Q_j, A_j out to the block's slice of a
 // global workspace (per block, not per matrix: memory does not grow with the batch); it then walks
-// them back, loading Q_j and A_j into shared memory beside the gradient buffers. Matrices too large
+// them back, loading Q_j and A_j into shared memory beside the gradient buffers. The slice holds
+// at most 33 iterates (kBjorckSlots + 1), so memory does not grow with max_steps either: past 32
+// executed steps the walk replays the iteration from multi-level checkpoints
+// (orthogonal_checkpoints.cuh; the benchmark's max_steps = 30 never does). Matrices too large
 // for shared memory run the same code on buffers in the global workspace.
 //
 // History (H100, benchmarks/results/gpu-h100-2026-11-26*.md): the backward in global memory ran
@@ -33,6 +36,7 @@
 // load 8 per 16: 2.25x forward and 3.05x forward + backward. The backward, 2 blocks of 256
 // threads an SM for its per-block workspace, is the larger gap (3.3x).
 #include "orthogonal.cuh"
+#include "orthogonal_checkpoints.cuh"
 #include "convert.cuh"
 #include "launch.cuh"
 
@@ -315,44 +319,66 @@ __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t*
   }
 }
 
-// The forward of one matrix already loaded into qs[0]; qs[0], qs[1] (D x M each) alternate and
-// as holds A. With keep_q, every executed step j also copies Q_j to keep_q + j D M and A_j to
-// keep_a + j M M (for the backward). Returns the step count k; the result is in
-// qs + (k % 2) D M. The same function serves forward and backward, so both take the same steps:
-// its arithmetic is that of kForwardThreads threads whatever the block (products split as for
-// them, the norm summed from their partial sums; other threads add zeros), since in float32 the
-// stopping test sits at the rounding floor and the backward's larger block would otherwise
-// round the norm differently and stop at another step.
+// The backward's kept iterates in its workspace slice: slot i holds Q (q + i D M) and A (a + i
+// M M). Step j of a run is kept in slot first + (j - from) / stride when j >= from,
+// (j - from) % stride == 0 and that slot is below `count` (orthogonal_checkpoints.cuh decides).
 template <typename acc_t>
-__device__ int64_t run_forward(acc_t* qs, acc_t* as, int D, int M, int64_t max_steps,
-                               acc_t tol2, acc_t* keep_q, acc_t* keep_a, acc_t* red) {
+struct Keep {
+  acc_t* q;
+  acc_t* a;
+  int64_t count, from, stride, first;
+  __device__ __forceinline__ int64_t slot(int64_t j) const {
+    if (j < from || (j - from) % stride != 0) return -1;
+    const int64_t i = first + (j - from) / stride;
+    return i < count ? i : -1;
+  }
+};
+
+// Runs up to `steps` steps from the matrix already loaded into qs[0]; qs[0], qs[1] (D x M each)
+// alternate and as holds A. test: stop at the first step whose ||A - I||_F <= tol (the forward;
+// returns the step count k, the result is in qs + (k % 2) D M); else run exactly `steps` Gram
+// products and steps - 1 updates (a replay of steps taken before). keep (may be null): the steps
+// to copy out to the workspace. The same function serves forward, backward and replays, so all
+// take the same steps with the same rounding: its arithmetic is that of kForwardThreads threads
+// whatever the block (products split as for them, the norm summed from their partial sums;
+// other threads add zeros), since in float32 the stopping test sits at the rounding floor and
+// the backward's larger block would otherwise round the norm differently and stop at another
+// step.
+template <typename acc_t>
+__device__ int64_t run_steps(acc_t* qs, acc_t* as, int D, int M, int64_t steps, acc_t tol2,
+                             bool test, const Keep<acc_t>* keep, acc_t* red) {
   const int DM = D * M, MM = M * M;
   int64_t k = 0;
-  for (; k < max_steps; ++k) {
+  for (; k < steps; ++k) {
     const acc_t* q = qs + ((k & 1) ? DM : 0);
     acc_t* qn = qs + ((k & 1) ? 0 : DM);
     gemm_tn(as, q, q, D, M, kForwardThreads);
     __syncthreads();
-    acc_t e2 = 0;
-    if (threadIdx.x < kForwardThreads) {
-      TileWalk rc(M, kForwardThreads);  // (row, col) of element i of A, without a division
-      for (int i = threadIdx.x; i < MM; i += kForwardThreads, rc.next()) {
-        const acc_t e = as[i] - (rc.row == rc.col ? acc_t(1) : acc_t(0));
-        e2 += e * e;
+    if (test) {
+      acc_t e2 = 0;
+      if (threadIdx.x < kForwardThreads) {
+        TileWalk rc(M, kForwardThreads);  // (row, col) of element i of A, without a division
+        for (int i = threadIdx.x; i < MM; i += kForwardThreads, rc.next()) {
+          const acc_t e = as[i] - (rc.row == rc.col ? acc_t(1) : acc_t(0));
+          e2 += e * e;
+        }
       }
+      e2 = block_sum(e2, red);
+      if (!(e2 > tol2)) break;  // block-uniform: every thread holds the same sum
     }
-    e2 = block_sum(e2, red);
-    if (!(e2 > tol2)) break;  // block-uniform: every thread holds the same sum
-    if (keep_q != nullptr) {  // reads what gemm_nn reads; the barrier below orders the reuse
-      acc_t* kq = keep_q + k * static_cast<int64_t>(DM);  // 64-bit: k runs to max_steps
-      acc_t* ka = keep_a + k * static_cast<int64_t>(MM);
+    const int64_t slot = keep != nullptr ? keep->slot(k) : -1;
+    if (slot >= 0) {  // reads what gemm_nn reads; the barrier below orders the reuse
+      acc_t* kq = keep->q + slot * DM;  // 64-bit offsets: the workspace spans many matrices
+      acc_t* ka = keep->a + slot * MM;
       for (int i = threadIdx.x; i < DM; i += blockDim.x) kq[i] = q[i];
       for (int i = threadIdx.x; i < MM; i += blockDim.x) ka[i] = as[i];
     }
+    if (!test && k + 1 == steps) break;
     gemm_nn(qn, q, as, static_cast<const acc_t*>(nullptr), static_cast<const acc_t*>(nullptr), q,
             acc_t(-0.5), acc_t(1.5), D, M, kForwardThreads);
     __syncthreads();
   }
+  __syncthreads();  // a replay's last copies read qs and as, which the caller overwrites next
   return k;
 }
 
@@ -404,10 +430,26 @@ __global__ void __launch_bounds__(kForwardThreads) forward_kernel(const scalar_t
                        : workspace + blockIdx.x * (2 * DM + int64_t(M) * M);
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
     load_matrix(q + m * DM, buf, D * M);
-    const int64_t k = run_forward(buf, buf + 2 * DM, D, M, max_steps, tol2,
-                                  static_cast<acc_t*>(nullptr), static_cast<acc_t*>(nullptr), red);
+    const int64_t k = run_steps(buf, buf + 2 * DM, D, M, max_steps, tol2, true,
+                                static_cast<const Keep<acc_t>*>(nullptr), red);
     store_matrix(buf + ((k & 1) ? DM : 0), out + m * DM, D * M);
   }
+}
+
+// Replays r (orthogonal_checkpoints.cuh) into the slots, from the input matrix q0 (r.source < 0)
+// or from a slot. keep: the block's Keep in shared memory (the block-uniform values of the rarely
+// taken replays stay out of the registers of the backward's step loop).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void replay(const scalar_t* q0, Keep<acc_t>* keep, acc_t* qs, acc_t* as,
+                                       int D, int M, acc_t tol2, const BjorckReplay& r, acc_t* red) {
+  const int dm = D * M;
+  if (r.source < 0)
+    block_copy(qs, q0, dm);
+  else
+    block_copy(qs, keep->q + r.source * dm, dm);
+  if (threadIdx.x == 0) keep->from = r.from, keep->stride = r.stride, keep->first = r.first_slot;
+  __syncthreads();
+  run_steps(qs, as, D, M, r.steps, tol2, false, keep, red);
 }
 
 // Working buffers of the backward: Q double buffer and A (the forward's), then G, G', S and
@@ -423,12 +465,16 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
     acc_t tol2, acc_t* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];  // paired loads need 16 B
   __shared__ acc_t red[32];
+  // Block-uniform, in shared memory rather than in every thread's registers: which steps are kept
+  // and the schedule of the walk back (orthogonal_checkpoints.cuh).
+  __shared__ Keep<acc_t> keep;
+  __shared__ BjorckCheckpoints plan;
   const int64_t DM = int64_t(D) * M, MM = int64_t(M) * M;  // 64-bit: workspace offsets
-  const int64_t steps_slots = max_steps > 0 ? max_steps : 1;
-  acc_t* keep_q = workspace + blockIdx.x * (steps_slots * (DM + MM) +
+  const int64_t slots = bjorck_slots(max_steps);
+  acc_t* keep_q = workspace + blockIdx.x * (slots * (DM + MM) +
                                             (kShared ? 0 : backward_buffer_elements(D, M)));
-  acc_t* keep_a = keep_q + steps_slots * DM;
-  acc_t* qs = kShared ? reinterpret_cast<acc_t*>(smem_raw) : keep_a + steps_slots * MM;
+  acc_t* keep_a = keep_q + slots * DM;
+  acc_t* qs = kShared ? reinterpret_cast<acc_t*>(smem_raw) : keep_a + slots * MM;
   acc_t* as = qs + 2 * DM;
   acc_t* g = as + MM;
   acc_t* gn = g + DM;
@@ -436,13 +482,22 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
   acc_t* ssym = s + MM;
   const int dm = D * M, mm = M * M;  // within one matrix
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
-    load_matrix(q + m * DM, qs, dm);
-    const int64_t k = run_forward(qs, as, D, M, max_steps, tol2, keep_q, keep_a, red);
+    block_copy(qs, q + m * DM, dm);
+    if (threadIdx.x == 0) keep = {keep_q, keep_a, slots, 0, 1, 0};  // the first slots, every step
+    __syncthreads();
+    const int64_t k = run_steps(qs, as, D, M, max_steps, tol2, true, &keep, red);
     load_matrix(grad + m * DM, g, dm);
+    if (threadIdx.x == 0) plan = BjorckCheckpoints(k, slots);
+    __syncthreads();
     for (int64_t j = k - 1; j >= 0; --j) {
+      BjorckReplay r;  // past kBjorckSlots steps: refill the checkpoints that step j needs
+      for (int64_t level = 0; level < plan.levels(); ++level)
+        if (plan.refill(level, j, &r)) replay(q + m * DM, &keep, qs, as, D, M, tol2, r, red);
+      if (plan.step_replay(j, &r)) replay(q + m * DM, &keep, qs, as, D, M, tol2, r, red);
       // Q_j and A_j back from the workspace (the barrier after the copies makes them visible)
-      block_copy(qs, keep_q + j * DM, dm);
-      block_copy(as, keep_a + j * MM, mm);
+      const int64_t slot = plan.slot(j);
+      block_copy(qs, keep_q + slot * DM, dm);
+      block_copy(as, keep_a + slot * MM, mm);
       __syncthreads();
       gemm_tn(s, qs, g, D, M, blockDim.x);  // S = Q_j^T G
       __syncthreads();
@@ -491,9 +546,9 @@ int64_t bjorck_forward_workspace(int64_t D, int64_t M, int blocks, size_t acc_si
 
 int64_t bjorck_backward_workspace(int64_t D, int64_t M, int64_t max_steps, int blocks,
                                   size_t acc_size, size_t max_smem_bytes) {
-  const int64_t steps_slots = max_steps > 0 ? max_steps : 1;
+  const int64_t slots = bjorck_slots(max_steps);
   const bool shared = size_t(backward_buffer_elements(D, M)) * acc_size <= max_smem_bytes;
-  return blocks * (steps_slots * (D * M + M * M) + (shared ? 0 : backward_buffer_elements(D, M)));
+  return blocks * (slots * (D * M + M * M) + (shared ? 0 : backward_buffer_elements(D, M)));
 }
 
 template <typename scalar_t, typename acc_t>

@@ -9,7 +9,7 @@ Rounding is the host's here, so accuracy on a GPU is test_orthogonal.py's busine
 import pytest
 import torch
 
-from test_orthogonal import make_q, reference_and_grad
+from test_orthogonal import check_past_the_kept_steps, make_q, reference_and_grad, spread_q
 from conftest import assert_close_rel
 
 TOL = {torch.float64: 1e-11, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
@@ -199,3 +199,25 @@ def test_backward_reruns_the_steps_the_forward_took(emulated_cuda, D, M):
         expected = ops.bjorck_orthonormalize_backward(grad_out[i:i + 1], q[i:i + 1], k, 0.0)
         assert torch.equal(grad[i:i + 1], expected), (i, k, steps)
     assert len(set(steps)) >= 3, steps  # tol inside the floor: matrices stop at various steps
+
+
+@pytest.mark.parametrize("steps,smallest,dtype,shape", [
+    (60, 1e-7, torch.float32, (3, 9, 5)), (60, 1e-7, torch.float32, (2, 16, 8)),
+    (400, 1e-60, torch.float64, (2, 9, 5))], ids=lambda v: str(v).replace("torch.", ""))
+def test_backward_past_the_kept_steps_is_exact(emulated_cuda, steps, smallest, dtype, shape):
+    """More executed steps than the 32 the backward keeps: replays from checkpoints, two levels at
+    60 steps and three at 400, on the 2 x 2 and the 4 x 4 register tiles
+    (test_orthogonal.check_past_the_kept_steps)."""
+    check_past_the_kept_steps(emulated_cuda, steps, smallest, dtype, "cpu", shape)
+
+
+def test_backward_past_the_kept_steps_matches_reference(emulated_cuda):
+    """Matrices that stop at different steps between about 35 and 50, against the reference."""
+    q = torch.cat([spread_q(2, 12, 6, smallest, torch.float64, "cpu") for smallest in (1e-5, 1e-7)])
+    grad_out = torch.randn(q.shape, dtype=torch.float64)
+    out = emulated_cuda.bjorck_orthonormalize(q, 1000, 1e-12)
+    grad = emulated_cuda.bjorck_orthonormalize_backward(grad_out, q, 1000, 1e-12)
+    ref, ref_grad = reference_and_grad(q, grad_out, 1000, 1e-12)
+    # singular values down to 1e-7 cost float64 digits: errors near 1e-10 in both
+    assert_close_rel(out, ref, 1e-9, "output")
+    assert_close_rel(grad, ref_grad, 1e-9, "grad q")

@@ -1,5 +1,11 @@
 """bjorck_orthonormalize: every kernel against the float64 reference (outputs and the unrolled
 gradient), per-matrix stopping, gradcheck, opcheck, torch.compile, saved memory and errors."""
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -160,6 +166,107 @@ def test_saved_memory_does_not_grow_with_max_steps(backend, device, max_steps):
     assert sum(saved) <= q.numel(), saved  # q only
     (grad,) = torch.autograd.grad(out.sum(), q)
     assert torch.isfinite(grad).all()
+
+
+def spread_q(n, D, M, smallest, dtype, device):
+    """n matrices whose singular values run from `smallest` to 0.9, evenly in log. Each step
+    multiplies a small singular value by about 1.5, so the iterates keep changing for about
+    log(0.9 / smallest) / log(1.5) steps: a walk back that used a wrong iterate would show."""
+    u = torch.linalg.qr(torch.randn(n, D, M, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, M, M, dtype=torch.float64))[0]
+    sv = torch.logspace(math.log10(smallest), math.log10(0.9), M, dtype=torch.float64)
+    return (u * sv @ v.mT).to(device=device, dtype=dtype)
+
+
+# (steps, smallest singular value, dtype): the backward keeps at most 32 iterates
+# (kernels/orthogonal_checkpoints.cuh), so 60 steps take two levels of checkpoints and 400 three.
+PAST_THE_SLOTS = [(60, 1e-7, torch.float32), (60, 1e-11, torch.float64), (400, 1e-60, torch.float64)]
+
+
+def check_past_the_kept_steps(ops, steps, smallest, dtype, device, shape=(3, 9, 5), segment=20):
+    """Past 32 executed steps the backward replays the iteration from checkpoints instead of
+    keeping every iterate. Its result must equal, bit for bit, the chain rule over segments of
+    `segment` steps, each a backward that keeps all of its iterates: the same products on the
+    same operands. tol = 0, so every matrix runs all `steps`. ops: torch.ops.lvmfast or the
+    emulated CUDA ops."""
+    q = spread_q(*shape, smallest, dtype, device)
+    assert torch.isfinite(q).all()
+    grad_out = torch.randn(q.shape, dtype=torch.float64).to(device=device, dtype=dtype)
+    grad = ops.bjorck_orthonormalize_backward(grad_out, q, steps, 0.0)
+    g = grad_out
+    for a in reversed(range(0, steps, segment)):  # Q_a from the forward, the backward's arithmetic
+        q_a = ops.bjorck_orthonormalize(q, a, 0.0)
+        g = ops.bjorck_orthonormalize_backward(g, q_a, min(segment, steps - a), 0.0)
+    assert torch.equal(grad, g)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("steps,smallest,dtype", PAST_THE_SLOTS, ids=lambda v: str(v).replace("torch.", ""))
+def test_backward_past_the_kept_steps_is_exact(backend, device, steps, smallest, dtype):
+    """check_past_the_kept_steps. (The float64 reference checks are in the next test, with
+    milder conditioning: here the smallest singular values make the gradient ill-conditioned, so
+    any other summation order differs in its last digits times that.)"""
+    with lvmfast.use_backend(backend):
+        check_past_the_kept_steps(torch.ops.lvmfast, steps, smallest, dtype, device)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("max_steps,tol", [(1000, 1e-12), (100, 0.0)])
+def test_backward_past_the_kept_steps_matches_reference(backend, device, max_steps, tol):
+    """Past the 32 kept steps, against the float64 reference: matrices that stop at different
+    steps between about 35 and 50 (tol > 0), and all running 100 steps (tol = 0)."""
+    q = torch.cat([spread_q(2, 12, 6, smallest, torch.float64, device) for smallest in (1e-5, 1e-7)])
+    grad_out = torch.randn(q.shape, dtype=torch.float64, device=device)
+    with lvmfast.use_backend(backend):
+        out = lvmfast.bjorck_orthonormalize(q.requires_grad_(), max_steps, tol)
+        (grad,) = torch.autograd.grad(out, q, grad_out)
+    ref, ref_grad = reference_and_grad(q, grad_out, max_steps, tol)
+    # singular values down to 1e-7 cost float64 digits: errors near 1e-10 in both
+    assert_close_rel(out, ref, 1e-9, "output")
+    assert_close_rel(grad, ref_grad, 1e-9, "grad q")
+
+
+def test_checkpoint_schedule_hands_every_step_its_iterate(tmp_path):
+    """The schedule alone (kernels/orthogonal_checkpoints.cuh, compiled into
+    tests/cpp/orthogonal_checkpoints.cpp): every step count up to 300 and far past it, with the
+    kernels' 33 slots and with few (where k > 2^(slots / 2) takes the per-step scratch replays that
+    the kernels reach only past 65536 steps). Replays stay within `levels` + 1 runs of k steps,
+    plus the scratch replays' share."""
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    source = Path(__file__).parent / "cpp" / "orthogonal_checkpoints.cpp"
+    binary = tmp_path / "schedule"
+    subprocess.run([compiler, "-std=c++17", "-O1", str(source), "-o", str(binary)], check=True)
+    cases = [(0, 1), (1, 1)] + [(k, slots) for slots in (2, 3, 5, 6, 9, 33) for k in range(0, 301)]
+    cases += [(k, 33) for k in (1000, 4097, 7777, 65536, 65537, 200000)] + [(5000, 7), (777, 5)]
+    args = [str(v) for case in cases for v in case]
+    lines = subprocess.run([str(binary), *args], check=True, capture_output=True, text=True).stdout.split("\n")
+    rows = [tuple(map(int, line.split())) for line in lines if line]
+    assert len(rows) == len(cases)
+    for (k, slots, ok, levels, replayed), case in zip(rows, cases):
+        assert (k, slots) == case and ok, (case, levels)
+        if k <= slots:
+            assert levels == 1 and replayed == 0, case  # everything kept by the forward re-run
+        elif slots == 33 and k <= 65536:
+            assert 2 <= levels <= 8 and replayed <= (levels + 1) * k, (case, levels, replayed)
+
+
+@pytest.mark.cuda
+def test_cuda_backward_memory_does_not_grow_with_max_steps():
+    """The backward's workspace holds at most 33 iterates of a matrix a block, however large
+    max_steps: with tol met after ~15 steps, max_steps = 100 and 10^6 peak alike."""
+    q = make_q((300, 64, 32), torch.float32, "cuda", grad=False)
+    grad_out = torch.randn_like(q)
+    peaks = []
+    for max_steps in (100, 10**6):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        torch.ops.lvmfast.bjorck_orthonormalize_backward(grad_out, q, max_steps, 1e-5)
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    assert peaks[0] == peaks[1], peaks
 
 
 def test_reference_backend_and_auto():

@@ -8,8 +8,10 @@
 // Per step: A = Q^T Q (upper block triangle only, then mirrored: ~D M^2 / 2 multiply-adds
 // for large M), Q <- 1.5 Q - 0.5 Q A (D M^2). The backward re-runs the forward through the
 // very same function (so it takes the same number of steps), keeping the executed iterates
-// Q_j, A_j in a per-thread scratch (not per batch: the autograd graph saves only q), then
-// walks them back: S = Q^T G (D M^2), G <- 1.5 G - 0.5 (G A + Q (S + S^T)) (2 D M^2).
+// Q_j, A_j in a per-thread scratch of at most bjorck_slots(max_steps) pairs (not per batch: the
+// autograd graph saves only q; not per step: past kBjorckSlots steps the backward replays from
+// checkpoints, kernels/orthogonal_checkpoints.cuh), then walks them back: S = Q^T G (D M^2),
+// G <- 1.5 G - 0.5 (G A + Q (S + S^T)) (2 D M^2).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -18,6 +20,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../../kernels/orthogonal_checkpoints.cuh"
 #include "../orthogonal.h"
 #include "memory.h"
 #include "simd.h"
@@ -157,65 +160,82 @@ LVMFAST_INLINE T distance_to_identity2(const T* a, const Dims& d) {
   return sum;
 }
 
-// The forward of one matrix whose padded copy is in qs[0]. keep: iterate j is in qs + j * QS
-// and A_j in as + j * AS (the backward's scratch); otherwise two Q buffers alternate and one A.
-// Returns the executed step count k; the result is in qs + (keep ? k : k % 2) * QS.
+// The backward's kept iterates: slot i holds Q (qs + i QS) and A (as + i AS). Step j of a run is
+// kept in slot first + (j - from) / stride when j >= from, (j - from) % stride == 0 and that
+// slot is below `count` (kernels/orthogonal_checkpoints.cuh decides which).
 template <typename T>
-LVMFAST_INLINE int64_t run_forward_impl(T* qs, T* as, const Dims& d, int64_t max_steps, T tol2,
-                                        bool keep) {
+struct Keep {
+  T* qs;
+  T* as;
+  int64_t count, from, stride, first;
+  int64_t slot(int64_t j) const {
+    if (j < from || (j - from) % stride != 0) return -1;
+    const int64_t i = first + (j - from) / stride;
+    return i < count ? i : -1;
+  }
+};
+
+// Runs up to `steps` steps from the padded matrix in work[0] (work: two Q buffers, and one A).
+// test: stop at the first step whose ||A - I||_F <= tol (the forward; the step count is
+// returned), else run exactly `steps` Gram products and steps - 1 updates (a replay of steps
+// taken before). keep (may be null): the steps to keep; a kept step's update is written straight
+// into its successor's slot when that is kept too, so storing every step copies nothing.
+// *result: the last Q, where the forward's output is.
+template <typename T>
+LVMFAST_INLINE int64_t run_steps_impl(T* work, T* work_a, const Dims& d, int64_t steps, T tol2,
+                                      bool test, const Keep<T>* keep, const T** result) {
   const int64_t QS = d.Dr * d.Mp, AS = d.Mp * d.Mp;
+  T* q = work;
   int64_t k = 0;
-  for (; k < max_steps; ++k) {
-    const T* q = qs + (keep ? k : k % 2) * QS;
-    T* qn = qs + (keep ? k + 1 : (k + 1) % 2) * QS;
-    T* a = as + (keep ? k : 0) * AS;
+  for (; k < steps; ++k) {
+    const int64_t slot = keep != nullptr ? keep->slot(k) : -1;
+    T* a = slot >= 0 ? keep->as + slot * AS : work_a;
     gram(q, a, d);
-    if (!(distance_to_identity2(a, d) > tol2)) break;  // converged (or not a number): this matrix stops here
+    if (test && !(distance_to_identity2(a, d) > tol2)) break;  // converged (or not a number): this matrix stops here
+    if (slot >= 0 && q != keep->qs + slot * QS) std::memcpy(keep->qs + slot * QS, q, sizeof(T) * QS);
+    if (!test && k + 1 == steps) break;
     // Q_{j+1} = 1.5 Q - 0.5 Q A
+    const int64_t next = keep != nullptr ? keep->slot(k + 1) : -1;
+    T* qn = next >= 0 ? keep->qs + next * QS : (q == work ? work + QS : work);
     gemm<T>(qn, d.Dr, d, q, d.Mp, 1, a, d.M, static_cast<const T*>(nullptr), 0, 0,
             static_cast<const T*>(nullptr), 0, T(-0.5), T(1.5), q, false);
+    q = qn;
   }
+  *result = q;
   return k;
 }
 
-// G_k = gq; for j = k-1..0: S = Q_j^T G, G <- 1.5 G - 0.5 (G A_j + Q_j (S + S^T)). Result in gq.
-// S + S^T: for one vector a row (M <= W) the two-product gemm Q^T G + G^T Q costs less than a
-// scalar transpose; wider S is computed once and summed with its transpose on the triangle.
+// One step of the walk back through Q_{j+1} = 1.5 Q_j - 0.5 Q_j A_j: G <- 1.5 G - 0.5 (G A +
+// Q (S + S^T)) with S = Q^T G, into gn. S + S^T: for one vector a row (M <= W) the two-product
+// gemm Q^T G + G^T Q costs less than a scalar transpose; wider S is computed once and summed with
+// its transpose on the triangle.
 template <typename T>
-LVMFAST_INLINE void run_backward_impl(const T* qs, const T* as, int64_t k, T* gq, T* gtmp, T* s,
-                                      T* ssym, const Dims& d) {
+LVMFAST_INLINE void backward_step_impl(const T* q, const T* a, const T* g, T* gn, T* s, T* ssym,
+                                       const Dims& d) {
   constexpr int W = Simd<T>::width;
-  const int64_t QS = d.Dr * d.Mp, AS = d.Mp * d.Mp;
-  T* g = gq;
-  T* gn = gtmp;
-  for (int64_t j = k - 1; j >= 0; --j) {
-    const T* q = qs + j * QS;
-    const T* a = as + j * AS;
-    if (d.Mp == W) {
-      gemm<T>(ssym, d.Mp, d, q, 1, d.Mp, g, d.Dr, g, 1, d.Mp, q, d.Dr, T(1), T(0),
-              static_cast<const T*>(nullptr), false);
-    } else {
-      gemm<T>(s, d.Mp, d, q, 1, d.Mp, g, d.Dr, static_cast<const T*>(nullptr), 0, 0,
-              static_cast<const T*>(nullptr), 0, T(1), T(0), static_cast<const T*>(nullptr), false);
-      for (int64_t i = 0; i < d.Mp; ++i)
-        for (int64_t c = i; c < d.Mp; ++c)
-          ssym[i * d.Mp + c] = ssym[c * d.Mp + i] = s[i * d.Mp + c] + s[c * d.Mp + i];
-    }
-    gemm<T>(gn, d.Dr, d, g, d.Mp, 1, a, d.M, q, d.Mp, 1, ssym, d.M, T(-0.5), T(1.5), g, false);
-    std::swap(g, gn);
+  if (d.Mp == W) {
+    gemm<T>(ssym, d.Mp, d, q, 1, d.Mp, g, d.Dr, g, 1, d.Mp, q, d.Dr, T(1), T(0),
+            static_cast<const T*>(nullptr), false);
+  } else {
+    gemm<T>(s, d.Mp, d, q, 1, d.Mp, g, d.Dr, static_cast<const T*>(nullptr), 0, 0,
+            static_cast<const T*>(nullptr), 0, T(1), T(0), static_cast<const T*>(nullptr), false);
+    for (int64_t i = 0; i < d.Mp; ++i)
+      for (int64_t c = i; c < d.Mp; ++c)
+        ssym[i * d.Mp + c] = ssym[c * d.Mp + i] = s[i * d.Mp + c] + s[c * d.Mp + i];
   }
-  if (g != gq) std::memcpy(gq, g, sizeof(T) * QS);
+  gemm<T>(gn, d.Dr, d, g, d.Mp, 1, a, d.M, q, d.Mp, 1, ssym, d.M, T(-0.5), T(1.5), g, false);
 }
 
-// Multiversioned entry points; the backward calls the same run_forward as the forward.
+// Multiversioned entry points; the backward calls the same run_steps as the forward.
 #define LVMFAST_BJ_ENTRY(T)                                                                    \
-  LVMFAST_MULTIVERSION int64_t run_forward(T* qs, T* as, const Dims& d, int64_t max_steps,     \
-                                           T tol2, bool keep) {                                \
-    return run_forward_impl<T>(qs, as, d, max_steps, tol2, keep);                              \
+  LVMFAST_MULTIVERSION int64_t run_steps(T* work, T* work_a, const Dims& d, int64_t steps,     \
+                                         T tol2, bool test, const Keep<T>* keep,               \
+                                         const T** result) {                                   \
+    return run_steps_impl<T>(work, work_a, d, steps, tol2, test, keep, result);                \
   }                                                                                            \
-  LVMFAST_MULTIVERSION void run_backward(const T* qs, const T* as, int64_t k, T* gq, T* gtmp,  \
-                                         T* s, T* ssym, const Dims& d) {                       \
-    run_backward_impl<T>(qs, as, k, gq, gtmp, s, ssym, d);                                     \
+  LVMFAST_MULTIVERSION void backward_step(const T* q, const T* a, const T* g, T* gn, T* s,     \
+                                          T* ssym, const Dims& d) {                            \
+    backward_step_impl<T>(q, a, g, gn, s, ssym, d);                                            \
   }
 LVMFAST_BJ_ENTRY(float)
 LVMFAST_BJ_ENTRY(double)
@@ -258,11 +278,13 @@ at::Tensor bjorck_orthonormalize_cpu(const at::Tensor& q, int64_t max_steps, dou
     const scalar_t* qp = qc.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, N, 1, [&](int64_t m0, int64_t m1) {
-      std::vector<scalar_t> qs(2 * d.Dr * d.Mp), as(d.Mp * d.Mp);
+      std::vector<scalar_t> work(2 * d.Dr * d.Mp), work_a(d.Mp * d.Mp);
       for (int64_t m = m0; m < m1; ++m) {
-        pad_in(qp + m * D * M, qs.data(), d);
-        const int64_t k = run_forward(qs.data(), as.data(), d, max_steps, tol2, false);
-        pad_out(qs.data() + (k % 2) * d.Dr * d.Mp, op + m * D * M, d);
+        pad_in(qp + m * D * M, work.data(), d);
+        const scalar_t* result = nullptr;
+        run_steps(work.data(), work_a.data(), d, max_steps, tol2, true,
+                  static_cast<const Keep<scalar_t>*>(nullptr), &result);
+        pad_out(result, op + m * D * M, d);
       }
     });
   });
@@ -285,15 +307,38 @@ at::Tensor bjorck_orthonormalize_backward_cpu(const at::Tensor& grad, const at::
     const scalar_t* qp = qc.data_ptr<scalar_t>();
     const scalar_t* gp = gc.data_ptr<scalar_t>();
     scalar_t* gqp = gq.data_ptr<scalar_t>();
+    const int64_t QS = d.Dr * d.Mp, AS = d.Mp * d.Mp, slots = kernels::bjorck_slots(max_steps);
     at::parallel_for(0, N, 1, [&](int64_t m0, int64_t m1) {
-      // Per-thread scratch: the executed iterates of one matrix at a time.
-      std::vector<scalar_t> qs((max_steps + 1) * d.Dr * d.Mp), as(std::max<int64_t>(1, max_steps) * d.Mp * d.Mp);
-      std::vector<scalar_t> g(d.Dr * d.Mp), gtmp(d.Dr * d.Mp), s(d.Mp * d.Mp), ssym(d.Mp * d.Mp);
+      // Per-thread scratch: the kept iterates of one matrix at a time, at most bjorck_slots.
+      std::vector<scalar_t> kept_q(slots * QS), kept_a(slots * AS), work(2 * QS), work_a(AS);
+      std::vector<scalar_t> g(QS), gn(QS), s(AS), ssym(AS);
+      const scalar_t* result = nullptr;
+      // Replays r (kernels/orthogonal_checkpoints.cuh) from its source into the slots.
+      auto replay = [&](const scalar_t* q0, const kernels::BjorckReplay& r) {
+        if (r.source < 0)
+          pad_in(q0, work.data(), d);
+        else
+          std::memcpy(work.data(), kept_q.data() + r.source * QS, sizeof(scalar_t) * QS);
+        const Keep<scalar_t> keep{kept_q.data(), kept_a.data(), slots, r.from, r.stride, r.first_slot};
+        run_steps(work.data(), work_a.data(), d, r.steps, tol2, false, &keep, &result);
+      };
       for (int64_t m = m0; m < m1; ++m) {
-        pad_in(qp + m * D * M, qs.data(), d);
-        const int64_t k = run_forward(qs.data(), as.data(), d, max_steps, tol2, true);
+        const scalar_t* q0 = qp + m * D * M;
+        pad_in(q0, work.data(), d);
+        const Keep<scalar_t> rerun{kept_q.data(), kept_a.data(), slots, 0, 1, 0};
+        const int64_t k = run_steps(work.data(), work_a.data(), d, max_steps, tol2, true, &rerun, &result);
         pad_in(gp + m * D * M, g.data(), d);
-        run_backward(qs.data(), as.data(), k, g.data(), gtmp.data(), s.data(), ssym.data(), d);
+        const kernels::BjorckCheckpoints plan(k, slots);
+        kernels::BjorckReplay r;
+        for (int64_t j = k - 1; j >= 0; --j) {
+          for (int64_t level = 0; level < plan.levels(); ++level)
+            if (plan.refill(level, j, &r)) replay(q0, r);
+          if (plan.step_replay(j, &r)) replay(q0, r);
+          const int64_t slot = plan.slot(j);
+          backward_step(kept_q.data() + slot * QS, kept_a.data() + slot * AS, g.data(), gn.data(),
+                        s.data(), ssym.data(), d);
+          std::swap(g, gn);
+        }
         pad_out(g.data(), gqp + m * D * M, d);
       }
     });

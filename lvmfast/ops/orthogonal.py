@@ -3,8 +3,10 @@
 Each matrix iterates on its own until it meets the tolerance or max_steps, inside one kernel
 (no host-device synchronization). Autograd saves only q: the backward kernel re-runs each
 matrix's iterations (the same arithmetic, so the same step count) and walks them back, so the
-gradient is the unrolled one of the steps actually executed and memory does not grow with
-max_steps.
+gradient is the unrolled one of the steps actually executed. Memory does not grow with max_steps:
+autograd keeps q alone, and the backward's scratch holds at most 33 iterates of a matrix per
+thread (CPU) or block (CUDA), replaying the iteration from checkpoints past 32 executed steps
+(kernels/orthogonal_checkpoints.cuh).
 """
 from __future__ import annotations
 
