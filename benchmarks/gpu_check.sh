@@ -85,4 +85,12 @@ EOF
 
 stamp "summary (pytest rc=$tests_rc, bench rc=$bench_rc)"
 grep -E "failed|rc=" "$OUT/bench.txt" | cut -c1-160 | head -20
-[ -f "$OUT/floors.md" ] && cut -c1-160 "$OUT/floors.md"
+[ -f "$OUT/floors.md" ] && cut -c1-200 "$OUT/floors.md"
+# where each native row's GPU time goes: its costliest kernels, microseconds per call
+[ -f "$OUT/bench.json" ] && python - "$OUT/bench.json" <<'EOF'
+import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    if r.get("candidate") == "lvmfast[native]" and "device_kernels" in r:
+        top = ", ".join(f"{name[:48]} {s * 1e6:.1f}" for name, s in list(r["device_kernels"].items())[:4])
+        print(f"{r['op']} {r['shape']} {r['mode']}: {top}")
+EOF

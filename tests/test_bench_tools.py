@@ -43,11 +43,12 @@ def test_floor_table_uses_wall_and_kernel_time(tmp_path):
     # householder_flow fwd: reads z and v, writes out (float32); 6 flops per (b, t, l)
     B, T, L = 8192, 10, 64
     row = {"op": "householder_flow", "shape": "flow", "B": B, "T": T, "L": L, "mode": "fwd",
-           "candidate": "lvmfast[native]", "median_s": 0.1, "device_busy_s": 0.05, "speedup_vs_baseline": 3.0}
+           "candidate": "lvmfast[native]", "median_s": 0.1, "device_busy_s": 0.05, "device_op_s": 0.04,
+           "speedup_vs_baseline": 3.0}
     nbytes, flops = floors.work(row)
     assert nbytes == 4 * (B * L + B * T * L + B * L) and flops == 6 * B * T * L
     without_busy = dict(row, candidate="lvmfast[triton]")
-    del without_busy["device_busy_s"]
+    del without_busy["device_busy_s"], without_busy["device_op_s"]
     bench, ceil = tmp_path / "bench.json", tmp_path / "ceil.json"
     bench.write_text(json.dumps({"results": [row, without_busy]}))
     ceil.write_text(json.dumps({"gpu": "test card", "copy_bytes_per_s": 1e9, "fp32_flops_per_s": 1e12}))
@@ -58,7 +59,8 @@ def test_floor_table_uses_wall_and_kernel_time(tmp_path):
     assert float(native[6]) == pytest.approx(floor_s * 1e3, rel=1e-3) and native[7] == "memory"
     assert float(native[8]) == pytest.approx(0.1 / floor_s, rel=1e-2)
     assert float(native[9]) == pytest.approx(0.05 / floor_s, rel=1e-2)
-    assert triton[5] == "–" and triton[9] == "–"
+    assert float(native[11].rstrip(" |")) == pytest.approx(0.04 / floor_s, rel=1e-2)
+    assert triton[5] == "–" and triton[9] == "–" and triton[11].rstrip(" |") == "–"
 
 
 @pytest.mark.cuda
@@ -68,3 +70,47 @@ def test_device_busy_time_counts_the_kernels():
     four = harness.device_busy_s(lambda: [a @ a for _ in range(4)])
     assert one is not None and one > 0
     assert 2.5 < four / one < 6
+
+
+def test_device_events_summary_attributes_kernels_to_lvmfast_ops():
+    """Busy time counts every kernel; op time only what runs under a top-level lvmfast:: op (its
+    device_time_total already includes nested events, so a nested lvmfast:: op is not added twice)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def cpu(name, total, parent=None):
+        return SimpleNamespace(name=name, device_type=DeviceType.CPU, self_device_time_total=0,
+                               device_time_total=total, cpu_parent=parent)
+
+    def kernel(name, us):
+        return SimpleNamespace(name=name, device_type=DeviceType.CUDA, self_device_time_total=us,
+                               device_time_total=us, cpu_parent=None)
+
+    forward = cpu("lvmfast::sylvester_flow", 30.0)
+    engine = cpu("autograd::engine::evaluate_function: GeneratedBackward", 0.0)
+    backward = cpu("lvmfast::sylvester_flow_backward", 50.0, parent=cpu("GeneratedBackward", 50.0, engine))
+    nested = cpu("lvmfast::sylvester_flow", 10.0, parent=backward)  # inside the backward: not again
+    events = [forward, engine, backward, nested, cpu("aten::sum", 4.0),
+              kernel("forward_kernel", 30.0), kernel("backward_kernel", 40.0),
+              kernel("reduce_kernel", 4.0), kernel("zeros", 10.0)]
+    summary = harness.summarize_device_events(events, reps=2)
+    assert summary["busy_s"] == pytest.approx(84e-6 / 2)
+    assert summary["op_s"] == pytest.approx(80e-6 / 2)
+    assert list(summary["kernels"]) == ["backward_kernel", "forward_kernel", "zeros", "reduce_kernel"]
+    assert summary["kernels"]["zeros"] == pytest.approx(5e-6)
+    assert harness.summarize_device_events([forward, cpu("aten::add", 0.0)], reps=1) is None
+
+
+@pytest.mark.cuda
+def test_device_time_of_an_lvmfast_op_on_the_gpu():
+    z = torch.randn(4096, 64, device="cuda", requires_grad=True)
+    v = torch.randn(4096, 10, 64, device="cuda", requires_grad=True)
+    import lvmfast
+
+    def call():
+        out = lvmfast.householder_flow(z, v)
+        return torch.autograd.grad(out.sum(), [z, v])
+    summary = harness.device_time(call)
+    assert summary is not None and 0 < summary["op_s"] < summary["busy_s"]  # out.sum() is outside
+    assert summary["kernels"]

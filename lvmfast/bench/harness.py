@@ -149,21 +149,55 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return mode.peak
 
 
-def device_busy_s(fn: Callable[[], object], reps: int = 5) -> float | None:
-    """Seconds per call that the GPU spends in kernels and copies, from the profiler's device
-    events: the part of a call the kernels themselves cost, without the host's launch and
-    autograd overhead that dominates small shapes. None where the profiler gives no events."""
+def summarize_device_events(events, reps: int) -> dict | None:
+    """Per call, from the profiler's events: `busy_s`, the GPU's time in kernels and copies;
+    `op_s`, the part launched inside lvmfast ops (their glue's kernels included, the caller's
+    sums and adds not); `kernels`, the eight costliest kernels by name. None without device time.
+    Events need name, device_type, self_device_time_total, device_time_total and cpu_parent."""
     from torch.autograd import DeviceType
+
+    kernels: dict[str, float] = {}
+    for e in events:
+        if e.device_type == DeviceType.CUDA:
+            kernels[e.name] = kernels.get(e.name, 0.0) + e.self_device_time_total
+    busy_us = sum(kernels.values())
+    if busy_us <= 0:
+        return None
+
+    def inside_lvmfast_op(e):
+        parent = e.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("lvmfast::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    op_us = sum(e.device_time_total for e in events
+                if e.device_type == DeviceType.CPU and e.name.startswith("lvmfast::")
+                and not inside_lvmfast_op(e))
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:8]
+    return {"busy_s": busy_us / 1e6 / reps, "op_s": op_us / 1e6 / reps,
+            "kernels": {name[:100]: us / 1e6 / reps for name, us in top}}
+
+
+def device_time(fn: Callable[[], object], reps: int = 5) -> dict | None:
+    """summarize_device_events of `reps` calls of fn: the part of a call the kernels themselves
+    cost, without the host's launch and autograd overhead that dominates small shapes."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
-    busy_us = sum(e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA)
-    return busy_us / 1e6 / reps if busy_us > 0 else None
+    return summarize_device_events(prof.events(), reps)
+
+
+def device_busy_s(fn: Callable[[], object], reps: int = 5) -> float | None:
+    """Seconds per call that the GPU spends in kernels and copies (device_time's busy_s)."""
+    summary = device_time(fn, reps)
+    return None if summary is None else summary["busy_s"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -206,12 +240,14 @@ def run_case(case: Case, device: torch.device, budget_s: float, log=print) -> li
                 # slow calls are device-bound already, and profiling thousands of kernels is slow
                 if device.type == "cuda" and row["median_s"] < 5e-3:
                     try:
-                        busy = device_busy_s(call)
+                        gpu = device_time(call)
                     except Exception as err:  # the profiler is a bonus: never lose the row to it
-                        busy = None
+                        gpu = None
                         log(f"  device time not measured: {type(err).__name__}: {err}")
-                    if busy is not None:
-                        row["device_busy_s"] = busy
+                    if gpu is not None:
+                        row["device_busy_s"] = gpu["busy_s"]
+                        row["device_op_s"] = gpu["op_s"]
+                        row["device_kernels"] = gpu["kernels"]
                 if mode == "fwd+bwd":
                     row["saved_bytes"] = saved_bytes(fn)
                 del fn, inputs, call
