@@ -17,14 +17,17 @@
 // Design: a block of 128 threads owns one sample at a time (grid-stride over the batch).
 // The sample's vectors (z, y, h, c, gradients: O(D + M)) live in shared memory. Its matrices
 // are staged there too when they fit (kStagedSmemLimit): every thread issues its share of
-// the upper triangles (and of a dense Q) at once, as asynchronous copies (cp.async, sm_80+) when
-// no conversion is needed, so that a sample's loads overlap. Both triangles share one
-// M x (M + 1) array (triangles_ld): 17.7 kB a block at M = 64, so 12 blocks fit on an SM and
-// the benchmark's 1024 samples run in one wave. The mat-vecs then read shared memory:
+// the upper triangles (and of a dense Q), with z, b (and the backward's grad_out), at once, as
+// asynchronous copies (cp.async, sm_80+) when no conversion is needed, so that a sample waits
+// out one memory latency. Both triangles share one M x (M + 1) array (triangles_ld): 18.4 kB a
+// forward block at M = 64 with the vectors, so 11 blocks fit on an SM (10 by registers,
+// kMinBlocksPerSm) and the benchmark's 1024 samples run in one wave. The mat-vecs then read
+// shared memory:
 //   * R v and Q v (rows): a group of g lanes of one warp per row, all rows of a pass at once
 //     (g = 2 at M = 64), a shuffle reduction per group, and the tanh, log and gradient terms of
 //     every row evaluated in parallel. Strides are padded so that a warp hits 32 distinct banks.
-//   * R^T v and Q^T v (columns): one thread per column, rows in the loop.
+//   * R^T v (columns): one thread per column, rows in the loop. Q^T v likewise, but with the
+//     rows split over kThreads / M groups of threads when M < kThreads (transposed_dots).
 //   * gradients of R1, R2, Q: rows by warps, columns by lanes, one coalesced store per element
 //     (the zeros below the diagonal are written in the same pass, no memset).
 // Matrices too large for shared memory are read from global memory, a warp per row with the
@@ -38,7 +41,9 @@
 // batches, with one warp per row and the rows in series, still took 4.0-9.1x: the rows'
 // shuffle reductions, tanh and log ran one after another, and 6 blocks an SM needed two waves.
 // With the row groups, the shared triangle array and the asynchronous copies: 2.1-4.0x fwd+bwd,
-// 2.7-5.4x forward alone (the orthogonal kind the farthest).
+// 2.7-5.4x forward alone (the orthogonal kind the farthest). Then (not yet run on a GPU): z, b and
+// grad_out staged with the matrices, which had each cost a memory latency after the wait, and
+// Q^T v split over the block (at M = 32 a quarter of it had run the 64-long dots).
 #include "convert.cuh"
 #include "launch.cuh"
 #include "sylvester.cuh"
@@ -53,6 +58,10 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
+// Registers for at least this many resident blocks an SM (48 a thread): the benchmark's 1024
+// samples need 8 on an H100 (132 SMs) to run in one wave. Left free, ptxas gave the backward
+// 128 after a small change (4 blocks an SM); at 12 (40 registers) the backward spills 28 bytes.
+constexpr int kMinBlocksPerSm = 10;
 // Staged kernels only up to this much shared memory a block: two blocks still fit on an SM.
 constexpr size_t kStagedSmemLimit = 96 * 1024;
 
@@ -234,7 +243,8 @@ __device__ __forceinline__ void stage_pair(const View<acc_t, int>& dst_a, const 
   }
 }
 
-// A shared parameter (batch stride 0) is copied for the block's first sample only.
+// Issues the copies of one sample's matrices; the caller waits (wait_async_copies). A shared
+// parameter (batch stride 0) is copied for the block's first sample only.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* R1,
                                       const scalar_t* R2, const scalar_t* Q,
@@ -245,7 +255,60 @@ __device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* 
              tid);
   if (p.qkind == 2)
     stage_pair(dst.q, Q, first || p.q_bs != 0, dst.q, Q, false, D, M, false, tid);
-  wait_async_copies();
+}
+
+// dst[0, n) = src[0, n) in acc_t: issued with the sample's matrices (asynchronously when no
+// conversion is needed), so that z, grad_out and b arrive in the same wait as the matrices
+// instead of one memory latency each after it.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage_vector(acc_t* dst, const scalar_t* src, int n, int tid) {
+  for (int i = tid; i < n; i += kThreads) {
+    if constexpr (std::is_same<scalar_t, acc_t>::value)
+      copy_async(dst + i, src + i);
+    else
+      dst[i] = load<acc_t>(src, i);
+  }
+}
+
+// ys[m] = sum_d Q(d, m) zs[d] (and gs[m] = sum_d Q(d, m) g[d] when g is given) for a dense
+// D x M Q, m < M. With M < kThreads the d range is split over kThreads / M groups of threads,
+// whose partial sums (in `partial`: kThreads acc_t, twice that with g) one thread per column then adds in a fixed
+// order: a short column count (M = 32) keeps the whole block busy instead of a quarter of it.
+// Every thread must call it; it ends with a barrier.
+template <typename acc_t, typename T, typename I>
+__device__ __forceinline__ void transposed_dots(const View<T, I>& Q, const acc_t* zs,
+                                                const acc_t* g, I D, I M, acc_t* ys, acc_t* gs,
+                                                acc_t* partial, int tid) {
+  int parts = 1;
+  while (2 * parts * M <= kThreads) parts *= 2;
+  const int part = parts > 1 ? tid / static_cast<int>(M) : 0;
+  for (I m = parts > 1 ? tid % M : tid; m < M && part < parts; m += kThreads) {
+    acc_t sz = 0, sg = 0;
+    for (I d = part; d < D; d += parts) {
+      const acc_t qv = to_acc<acc_t>(Q(d, m));
+      sz += qv * zs[d];
+      if (g != nullptr) sg += qv * g[d];
+    }
+    if (parts == 1) {
+      ys[m] = sz;
+      if (g != nullptr) gs[m] = sg;
+    } else {
+      partial[part * M + m] = sz;
+      if (g != nullptr) partial[kThreads + part * M + m] = sg;
+    }
+  }
+  __syncthreads();
+  if (parts == 1) return;
+  for (I m = tid; m < M; m += kThreads) {
+    acc_t sz = 0, sg = 0;
+    for (int k = 0; k < parts; ++k) {
+      sz += partial[k * M + m];
+      if (g != nullptr) sg += partial[kThreads + k * M + m];
+    }
+    ys[m] = sz;
+    if (g != nullptr) gs[m] = sg;
+  }
+  __syncthreads();
 }
 
 template <typename acc_t>
@@ -259,11 +322,13 @@ __device__ __forceinline__ Staged<acc_t> staged_layout(acc_t* mats, const Sylves
 __host__ __device__ __forceinline__ int64_t staged_elements(const SylvesterDims& p) {
   return p.M * triangles_ld(p.M) + (p.qkind == 2 ? p.D * dense_ld(p.D, p.M) : 0);
 }
+// Vectors: z, y, h, c, b and the partial sums of transposed_dots (forward); z, grad_out, nine of
+// size M, b and the partial sums of two transposed dots (backward).
 __host__ __device__ __forceinline__ int64_t forward_vector_elements(const SylvesterDims& p) {
-  return p.D + 3 * p.M;
+  return p.D + 4 * p.M + kThreads;
 }
 __host__ __device__ __forceinline__ int64_t backward_vector_elements(const SylvesterDims& p) {
-  return 2 * p.D + 9 * p.M;
+  return 2 * p.D + 10 * p.M + 2 * kThreads;
 }
 
 // Views of one sample's matrices in global memory (row-major), for the unstaged kernels.
@@ -293,23 +358,20 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
   acc_t* y = zs + D;
   acc_t* h = y + M;
   acc_t* c = h + M;
-  for (I d = tid; d < D; d += kThreads) zs[d] = load<acc_t>(zn, d);
+  const acc_t* bs = c + M;  // staged with the matrices (kStaged)
+  acc_t* partial = c + 2 * M;
+  if constexpr (!kStaged)
+    for (I d = tid; d < D; d += kThreads) zs[d] = load<acc_t>(zn, d);
   __syncthreads();
-  for (I m = tid; m < M; m += kThreads) {
-    if (p.qkind == 0) {
-      y[m] = zs[m];
-    } else if (p.qkind == 1) {
-      y[m] = zs[D - 1 - m];
-    } else {
-      acc_t s = 0;
-      for (I d = 0; d < D; ++d) s += to_acc<acc_t>(Q(d, m)) * zs[d];
-      y[m] = s;
-    }
+  if (p.qkind == 2) {
+    transposed_dots(Q, zs, static_cast<const acc_t*>(nullptr), D, M, y, y, partial, tid);
+  } else {
+    for (I m = tid; m < M; m += kThreads) y[m] = zs[p.qkind == 0 ? m : D - 1 - m];
+    __syncthreads();
   }
-  __syncthreads();
   acc_t my_logdet = 0;
   row_dots<kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
-    const acc_t hm = tanh_acc(a + load<acc_t>(bn, m));
+    const acc_t hm = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
     h[m] = hm;
     const acc_t diag = to_acc<acc_t>(R1(m, m)) * to_acc<acc_t>(R2(m, m));
     my_logdet += log_abs(acc_t(1) + (acc_t(1) - hm * hm) * diag);
@@ -335,7 +397,7 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
 }
 
 template <typename scalar_t, typename acc_t, bool kStaged>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     forward_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ r1,
                    const scalar_t* __restrict__ r2, const scalar_t* __restrict__ b,
                    const scalar_t* __restrict__ q, scalar_t* __restrict__ out,
@@ -352,7 +414,11 @@ __global__ void __launch_bounds__(kThreads)
     const scalar_t* Q = p.qkind == 2 ? q + n * p.q_bs : nullptr;
     if constexpr (kStaged) {
       // forward_sample's first barrier orders these copies before their use
+      const int D = static_cast<int>(p.D), M = static_cast<int>(p.M);
       stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
+      stage_vector(vectors, z + n * p.D, D, tid);
+      if (n == blockIdx.x || p.b_bs != 0) stage_vector(vectors + D + 3 * M, bn, M, tid);
+      wait_async_copies();
       forward_sample<true, int>(z + n * p.D, staged, bn, out + n * p.D, logdet + n, vectors,
                                 warp_logdet, p, tid);
     } else {
@@ -391,32 +457,29 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   acc_t* c = gy + M;
   acc_t* dg1 = c + M;
   acc_t* dg2 = dg1 + M;
-  for (I d = tid; d < D; d += kThreads) {
-    zs[d] = load<acc_t>(zn, d);
-    gs[d] = load<acc_t>(gn, d);
-  }
-  __syncthreads();
-  // y = Q^T z and gc = Q^T g, in one pass over Q.
-  for (I m = tid; m < M; m += kThreads) {
-    if (!dense) {
-      const I d = p.qkind == 0 ? m : D - 1 - m;
-      y[m] = zs[d];
-      gc[m] = gs[d];
-    } else {
-      acc_t sy = 0, sc = 0;
-      for (I d = 0; d < D; ++d) {
-        const acc_t qv = to_acc<acc_t>(Q(d, m));
-        sy += qv * zs[d];
-        sc += qv * gs[d];
-      }
-      y[m] = sy;
-      gc[m] = sc;
+  const acc_t* bs = dg2 + M;  // staged with the matrices (kStaged)
+  acc_t* partial = dg2 + 2 * M;
+  if constexpr (!kStaged) {
+    for (I d = tid; d < D; d += kThreads) {
+      zs[d] = load<acc_t>(zn, d);
+      gs[d] = load<acc_t>(gn, d);
     }
   }
   __syncthreads();
+  // y = Q^T z and gc = Q^T g, in one pass over Q.
+  if (dense) {
+    transposed_dots(Q, zs, static_cast<const acc_t*>(gs), D, M, y, gc, partial, tid);
+  } else {
+    for (I m = tid; m < M; m += kThreads) {
+      const I d = p.qkind == 0 ? m : D - 1 - m;
+      y[m] = zs[d];
+      gc[m] = gs[d];
+    }
+    __syncthreads();
+  }
   // h, and the log-det's gradients: w.r.t. h (kept in ga until gh is known) and the diagonals.
   row_dots<kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
-    const acc_t hm = tanh_acc(a + load<acc_t>(bn, m));
+    const acc_t hm = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
     const acc_t r1d = to_acc<acc_t>(R1(m, m)), r2d = to_acc<acc_t>(R2(m, m));
     const acc_t s = acc_t(1) - hm * hm;
     const acc_t w = gl / (acc_t(1) + s * r1d * r2d);
@@ -469,7 +532,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
 }
 
 template <typename scalar_t, typename acc_t, bool kStaged>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ grad_logdet,
                     const scalar_t* __restrict__ z, const scalar_t* __restrict__ r1,
                     const scalar_t* __restrict__ r2, const scalar_t* __restrict__ b,
@@ -504,7 +567,12 @@ __global__ void __launch_bounds__(kThreads)
     if constexpr (kStaged) {
       // backward_sample's first barrier orders these copies before their use, and its last
       // one their reuse
+      const int Di = static_cast<int>(D), Mi = static_cast<int>(M);
       stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
+      stage_vector(vectors, z + n * D, Di, tid);
+      stage_vector(vectors + Di, grad_out + n * D, Di, tid);
+      if (n == blockIdx.x || p.b_bs != 0) stage_vector(vectors + 2 * Di + 9 * Mi, bn, Mi, tid);
+      wait_async_copies();
       backward_sample<true, int>(grad_out + n * D, gl, z + n * D, staged, bn, out, vectors, p,
                                  tid);
     } else {
