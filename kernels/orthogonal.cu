@@ -23,7 +23,8 @@
 // host. The backward re-runs the very same forward device function (so it takes the same number of
 // steps) in shared memory, copying each executed iterate Q_j, A_j out to the block's slice of a
 // global workspace (per block, not per matrix: memory does not grow with the batch); it then walks
-// them back, loading Q_j and A_j into shared memory beside the gradient buffers. The slice holds
+// them back, loading Q_j and A_j into shared memory beside the gradient buffers, the next step's
+// pair with asynchronous copies while the current step computes. The slice holds
 // at most 33 iterates (kBjorckSlots + 1), so memory does not grow with max_steps either: past 32
 // executed steps the walk replays the iteration from multi-level checkpoints
 // (orthogonal_checkpoints.cuh; the benchmark's max_steps = 30 never does). Matrices too large
@@ -34,9 +35,12 @@
 // paired loads at 3.9x. Shared memory returns one register per lane and cycle, so 2 x 2 tiles
 // (4 registers loaded per 4 FMAs) cap the products near a quarter of the FMA rate; 4 x 4 tiles
 // load 8 per 16: 2.25x forward and 3.05x forward + backward. The backward, 2 blocks of 256
-// threads an SM for its per-block workspace, is the larger gap (3.3x).
+// threads an SM for its per-block workspace, is the larger gap (3.3x); it waited out the
+// workspace's latency at every step, which the prefetch of the next step's Q and A (not yet run
+// on a GPU) now overlaps with the products.
 #include "orthogonal.cuh"
 #include "orthogonal_checkpoints.cuh"
+#include "async_copy.cuh"
 #include "convert.cuh"
 #include "launch.cuh"
 
@@ -452,10 +456,26 @@ __device__ __forceinline__ void replay(const scalar_t* q0, Keep<acc_t>* keep, ac
   run_steps(qs, as, D, M, r.steps, tol2, false, keep, red);
 }
 
-// Working buffers of the backward: Q double buffer and A (the forward's), then G, G', S and
-// S + S^T. In shared memory when they fit, else in the block's workspace slice.
+// Working buffers of the backward: Q double buffer and A (the forward's), then G, G', S,
+// S + S^T and a second A (the walk back loads step j - 1's Q and A while it computes step j). In
+// shared memory when they fit, else in the block's workspace slice.
 __host__ __device__ inline int64_t backward_buffer_elements(int64_t D, int64_t M) {
-  return 4 * D * M + 3 * M * M;
+  return 4 * D * M + 4 * M * M;
+}
+
+// One step of the walk back through Q_{j+1} = 1.5 Q_j - 0.5 Q_j A_j, from Q_j (q) and A_j (a):
+// gn = 1.5 G - 0.5 (G A + Q (S + S^T)) with S = Q^T G. Ends with a barrier.
+template <typename acc_t>
+__device__ __forceinline__ void backward_step(const acc_t* q, const acc_t* a, const acc_t* g,
+                                              acc_t* gn, acc_t* s, acc_t* ssym, int D, int M) {
+  const int mm = M * M;
+  gemm_tn(s, q, g, D, M, blockDim.x);  // S = Q_j^T G
+  __syncthreads();
+  TileWalk rc(M, blockDim.x);  // (row, col) of element i of S
+  for (int i = threadIdx.x; i < mm; i += blockDim.x, rc.next()) ssym[i] = s[i] + s[rc.col * M + rc.row];
+  __syncthreads();
+  gemm_nn(gn, g, a, q, ssym, g, acc_t(-0.5), acc_t(1.5), D, M, blockDim.x);
+  __syncthreads();
 }
 
 template <typename scalar_t, typename acc_t, bool kShared>
@@ -480,6 +500,7 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
   acc_t* gn = g + DM;
   acc_t* s = gn + DM;
   acc_t* ssym = s + MM;
+  acc_t* as2 = ssym + MM;
   const int dm = D * M, mm = M * M;  // within one matrix
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
     block_copy(qs, q + m * DM, dm);
@@ -489,27 +510,43 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
     load_matrix(grad + m * DM, g, dm);
     if (threadIdx.x == 0) plan = BjorckCheckpoints(k, slots);
     __syncthreads();
-    for (int64_t j = k - 1; j >= 0; --j) {
-      BjorckReplay r;  // past kBjorckSlots steps: refill the checkpoints that step j needs
-      for (int64_t level = 0; level < plan.levels(); ++level)
-        if (plan.refill(level, j, &r)) replay(q + m * DM, &keep, qs, as, D, M, tol2, r, red);
-      if (plan.step_replay(j, &r)) replay(q + m * DM, &keep, qs, as, D, M, tol2, r, red);
-      // Q_j and A_j back from the workspace (the barrier after the copies makes them visible)
-      const int64_t slot = plan.slot(j);
-      block_copy(qs, keep_q + slot * DM, dm);
-      block_copy(as, keep_a + slot * MM, mm);
-      __syncthreads();
-      gemm_tn(s, qs, g, D, M, blockDim.x);  // S = Q_j^T G
-      __syncthreads();
-      TileWalk rc(M, blockDim.x);  // (row, col) of element i of S
-      for (int i = threadIdx.x; i < mm; i += blockDim.x, rc.next())
-        ssym[i] = s[i] + s[rc.col * M + rc.row];
-      __syncthreads();
-      gemm_nn(gn, g, as, qs, ssym, g, acc_t(-0.5), acc_t(1.5), D, M, blockDim.x);
-      __syncthreads();
-      acc_t* tmp = g;
-      g = gn;
-      gn = tmp;
+    if (kShared && plan.direct()) {
+      // Q_{j-1} and A_{j-1} land in the other pair of buffers while step j computes, so the
+      // workspace's latency hides behind the products (asynchronous copies on sm_80+).
+      auto prefetch = [&](acc_t* q_dst, acc_t* a_dst, int64_t j) {
+        const acc_t* q_src = keep_q + j * DM;
+        const acc_t* a_src = keep_a + j * MM;
+        for (int i = threadIdx.x; i < dm; i += blockDim.x) copy_async(q_dst + i, q_src + i);
+        for (int i = threadIdx.x; i < mm; i += blockDim.x) copy_async(a_dst + i, a_src + i);
+      };
+      acc_t *q_cur = qs, *a_cur = as, *q_next = qs + DM, *a_next = as2;
+      if (k > 0) prefetch(q_cur, a_cur, k - 1);
+      for (int64_t j = k - 1; j >= 0; --j) {
+        wait_async_copies();
+        __syncthreads();  // step j's copies visible; step j + 1 done with the other buffers
+        if (j > 0) prefetch(q_next, a_next, j - 1);
+        backward_step(q_cur, a_cur, g, gn, s, ssym, D, M);
+        acc_t* tmp = g;
+        g = gn, gn = tmp;
+        tmp = q_cur, q_cur = q_next, q_next = tmp;
+        tmp = a_cur, a_cur = a_next, a_next = tmp;
+      }
+    } else {
+      for (int64_t j = k - 1; j >= 0; --j) {
+        BjorckReplay r;  // past kBjorckSlots steps: refill the checkpoints that step j needs
+        for (int64_t level = 0; level < plan.levels(); ++level)
+          if (plan.refill(level, j, &r)) replay(q + m * DM, &keep, qs, as, D, M, tol2, r, red);
+        if (plan.step_replay(j, &r)) replay(q + m * DM, &keep, qs, as, D, M, tol2, r, red);
+        // Q_j and A_j back from the workspace (the barrier after the copies makes them visible)
+        const int64_t slot = plan.slot(j);
+        block_copy(qs, keep_q + slot * DM, dm);
+        block_copy(as, keep_a + slot * MM, mm);
+        __syncthreads();
+        backward_step(qs, as, g, gn, s, ssym, D, M);
+        acc_t* tmp = g;
+        g = gn;
+        gn = tmp;
+      }
     }
     store_matrix(g, grad_q + m * DM, dm);
   }

@@ -44,6 +44,7 @@
 // 2.7-5.4x forward alone (the orthogonal kind the farthest). Then (not yet run on a GPU): z, b and
 // grad_out staged with the matrices, which had each cost a memory latency after the wait, and
 // Q^T v split over the block (at M = 32 a quarter of it had run the 64-long dots).
+#include "async_copy.cuh"
 #include "convert.cuh"
 #include "launch.cuh"
 #include "sylvester.cuh"
@@ -167,26 +168,6 @@ __device__ __forceinline__ void put(scalar_t* own, acc_t* shared, int64_t i, acc
     shared[i] += v;
   else
     own[i] = from_acc<scalar_t>(v);
-}
-
-// Global-to-shared copy of one element without a register round trip (cp.async, sm_80+), so a
-// thread can have all of its share of a sample in flight at once. Plain copy elsewhere (older
-// GPUs, the CPU emulation).
-template <typename T>
-__device__ __forceinline__ void copy_async(T* dst, const T* src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "cp.async copies 4, 8 or 16 bytes");
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(
-                   static_cast<unsigned>(__cvta_generic_to_shared(dst))),
-               "l"(src), "n"(static_cast<int>(sizeof(T))));
-#else
-  *dst = *src;
-#endif
-}
-__device__ __forceinline__ void wait_async_copies() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
-#endif
 }
 
 // Shared-memory copies of one sample's matrices: the upper triangles of R1 and R2, in one array
