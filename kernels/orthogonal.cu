@@ -24,11 +24,11 @@
 // steps) in shared memory, copying each executed iterate Q_j, A_j out to the block's slice of a
 // global workspace (per block, not per matrix: memory does not grow with the batch); it then walks
 // them back, loading Q_j and A_j into shared memory beside the gradient buffers, the next step's
-// pair with asynchronous copies while the current step computes. The slice holds
-// at most 33 iterates (kBjorckSlots + 1), so memory does not grow with max_steps either: past 32
-// executed steps the walk replays the iteration from multi-level checkpoints
-// (orthogonal_checkpoints.cuh; the benchmark's max_steps = 30 never does). Matrices too large
-// for shared memory run the same code on buffers in the global workspace.
+// pair with asynchronous copies while the current step computes. The slice holds at most 33
+// iterates (kBjorckSlots + 1), so memory does not grow with max_steps either: past 32 executed
+// steps the walk replays the iteration from multi-level checkpoints (orthogonal_checkpoints.cuh;
+// the benchmark's max_steps = 30 never does). Matrices too large for shared memory run the same
+// code on buffers in the global workspace.
 //
 // History (H100, benchmarks/results/gpu-h100-2026-11-26*.md): the backward in global memory ran
 // at 5.8x the arithmetic floor in kernel time; the shared-memory backward with 2 x 2 tiles and

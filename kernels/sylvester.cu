@@ -26,8 +26,8 @@
 //   * R v and Q v (rows): a group of g lanes of one warp per row, all rows of a pass at once
 //     (g = 2 at M = 64), a shuffle reduction per group, and the tanh, log and gradient terms of
 //     every row evaluated in parallel. Strides are padded so that a warp hits 32 distinct banks.
-//   * R^T v (columns): one thread per column, rows in the loop. Q^T v likewise, but with the
-//     rows split over kThreads / M groups of threads when M < kThreads (transposed_dots).
+//   * R^T v and Q^T v (columns): a thread per column, with the rows split over kThreads / M
+//     threads when M < kThreads (column_dots, transposed_dots).
 //   * gradients of R1, R2, Q: rows by warps, columns by lanes, one coalesced store per element
 //     (the zeros below the diagonal are written in the same pass, no memset).
 // Matrices too large for shared memory are read from global memory, a warp per row with the
@@ -59,10 +59,12 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-// Registers for at least this many resident blocks an SM (48 a thread): the benchmark's 1024
-// samples need 8 on an H100 (132 SMs) to run in one wave. Left free, ptxas gave the backward
-// 128 after a small change (4 blocks an SM); at 12 (40 registers) the backward spills 28 bytes.
+// Registers for at least this many resident blocks an SM: the benchmark's 1024 samples need 8 on
+// an H100 (132 SMs) to run in one wave. Left free, ptxas gave the backward 128 registers after a
+// small change (4 blocks an SM). The forward fits 10 blocks' worth (48 registers) without
+// spilling; the backward spills there, and gets 8 (64 registers).
 constexpr int kMinBlocksPerSm = 10;
+constexpr int kMinBackwardBlocksPerSm = 8;
 // Staged kernels only up to this much shared memory a block: two blocks still fit on an SM.
 constexpr size_t kStagedSmemLimit = 96 * 1024;
 
@@ -153,11 +155,44 @@ __device__ __forceinline__ void row_dots(const View<T, I>& A, const acc_t* v, I 
   }
 }
 
-// sum_{m <= k} R(m, k) v[m]: column k of the upper triangle, by one thread.
+// Threads that share a column of a transposed product (R^T v, Q^T v): the largest power of two
+// with parts * cols <= kThreads, so that a short column count (M = 32) keeps the whole block
+// busy instead of a quarter of it.
+__host__ __device__ __forceinline__ int column_parts(int64_t cols) {
+  int parts = 1;
+  while (2 * parts * cols <= kThreads) parts *= 2;
+  return parts;
+}
+
+// sum_{m <= k} R(m, k) v[m] for every column k < M of the upper triangle, with the rows of a
+// column split over column_parts(M) threads: split p's sum lands in partial[p M + k] (kThreads
+// acc_t), or in dst[k] when there is one split; column_sum adds them up in a fixed order. No
+// barrier: the caller's next one publishes the sums.
 template <typename acc_t, typename T, typename I>
-__device__ __forceinline__ acc_t column_dot(const View<T, I>& R, const acc_t* v, I k) {
+__device__ __forceinline__ void column_dots(const View<T, I>& R, const acc_t* v, I M, acc_t* dst,
+                                            acc_t* partial, int tid) {
+  const int parts = column_parts(M);
+  if (parts == 1) {
+    for (I k = tid; k < M; k += kThreads) {
+      acc_t s = 0;
+      for (I m = 0; m <= k; ++m) s += to_acc<acc_t>(R(m, k)) * v[m];
+      dst[k] = s;
+    }
+    return;
+  }
+  const int part = tid / static_cast<int>(M);
+  if (part >= parts) return;
+  const I k = tid % M;
   acc_t s = 0;
-  for (I m = 0; m <= k; ++m) s += to_acc<acc_t>(R(m, k)) * v[m];
+  for (I m = part; m <= k; m += parts) s += to_acc<acc_t>(R(m, k)) * v[m];
+  partial[part * M + k] = s;
+}
+template <typename acc_t, typename I>
+__device__ __forceinline__ acc_t column_sum(const acc_t* dst, const acc_t* partial, I M, I k) {
+  const int parts = column_parts(M);
+  if (parts == 1) return dst[k];
+  acc_t s = 0;
+  for (int p = 0; p < parts; ++p) s += partial[p * M + k];
   return s;
 }
 
@@ -252,16 +287,14 @@ __device__ __forceinline__ void stage_vector(acc_t* dst, const scalar_t* src, in
 }
 
 // ys[m] = sum_d Q(d, m) zs[d] (and gs[m] = sum_d Q(d, m) g[d] when g is given) for a dense
-// D x M Q, m < M. With M < kThreads the d range is split over kThreads / M groups of threads,
-// whose partial sums (in `partial`: kThreads acc_t, twice that with g) one thread per column then adds in a fixed
-// order: a short column count (M = 32) keeps the whole block busy instead of a quarter of it.
+// D x M Q, m < M, with the d range split over column_parts(M) threads, whose partial sums (in
+// `partial`: kThreads acc_t, twice that with g) one thread per column then adds in a fixed order.
 // Every thread must call it; it ends with a barrier.
 template <typename acc_t, typename T, typename I>
 __device__ __forceinline__ void transposed_dots(const View<T, I>& Q, const acc_t* zs,
                                                 const acc_t* g, I D, I M, acc_t* ys, acc_t* gs,
                                                 acc_t* partial, int tid) {
-  int parts = 1;
-  while (2 * parts * M <= kThreads) parts *= 2;
+  const int parts = column_parts(M);
   const int part = parts > 1 ? tid / static_cast<int>(M) : 0;
   for (I m = parts > 1 ? tid % M : tid; m < M && part < parts; m += kThreads) {
     acc_t sz = 0, sg = 0;
@@ -470,8 +503,8 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
     dg2[m] = s * r1d * w;
   });
   __syncthreads();
-  // gh = R1^T gc; c = R1 h (needed for grad_q only).
-  for (I k = tid; k < M; k += kThreads) gh[k] = column_dot(R1, gc, k);
+  // gh = R1^T gc (split sums, added up below); c = R1 h (needed for grad_q only).
+  column_dots(R1, static_cast<const acc_t*>(gc), M, gh, partial, tid);
   if (dense) row_dots<kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
   __syncthreads();
   // grad_r1 = triu(gc h^T) + diag(dg1); then ga = s * (gh + d logdet / dh) = grad_b.
@@ -483,13 +516,13 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
     }
   }
   for (I m = tid; m < M; m += kThreads) {
-    const acc_t v = (acc_t(1) - h[m] * h[m]) * (gh[m] + ga[m]);
+    const acc_t v = (acc_t(1) - h[m] * h[m]) * (column_sum(gh, partial, M, m) + ga[m]);
     ga[m] = v;
     put(out.b, out.ws_b, m, v);
   }
   __syncthreads();
-  // gy = R2^T ga; grad_r2 = triu(ga y^T) + diag(dg2).
-  for (I k = tid; k < M; k += kThreads) gy[k] = column_dot(R2, ga, k);
+  // gy = R2^T ga (split sums, added up below); grad_r2 = triu(ga y^T) + diag(dg2).
+  column_dots(R2, static_cast<const acc_t*>(ga), M, gy, partial, tid);
   for (I m = warp; m < M; m += kWarps) {
     for (I k = lane; k < M; k += 32) {
       acc_t v = k >= m ? ga[m] * y[k] : acc_t(0);
@@ -498,6 +531,10 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
     }
   }
   __syncthreads();
+  if (column_parts(M) > 1) {
+    for (I k = tid; k < M; k += kThreads) gy[k] = column_sum(gy, partial, M, k);
+    __syncthreads();
+  }
   // grad_z = g + Q gy; grad_q = z gy^T + g c^T.
   if (!dense) {
     for (I d = tid; d < D; d += kThreads)
@@ -513,7 +550,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
 }
 
 template <typename scalar_t, typename acc_t, bool kStaged>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+__global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
     backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ grad_logdet,
                     const scalar_t* __restrict__ z, const scalar_t* __restrict__ r1,
                     const scalar_t* __restrict__ r2, const scalar_t* __restrict__ b,
