@@ -247,14 +247,19 @@ def test_forward_diffusion_picture(tmp_path, kind):
 def test_levels_net_recovers_the_noise_at_small_steps():
     # Where the noise is far below the grey levels' spacing (sqrt(1 - abar_t) = 0.010 and 0.015
     # at the first two steps, half a bin 0.0625) the likelihood term alone rounds x_t to its
-    # level: an untrained network predicts the exact noise there.
+    # level: an untrained network predicts the exact noise there. A draw near or past half a bin
+    # (over 4 standard deviations at step 1) rounds to the next level instead, and over all 2048
+    # elements that happened for 5 of 40 seeds; so the claim is checked where it holds, on the
+    # elements well inside, |noise| sqrt(1 - abar_t) < 0.05 (over 99% of them).
     sched = Schedule.linear(1000)
     model = DDPM(schedule=sched, ema=0)
     x = digits(32)
     for step in (0, 1):
         t = torch.full((32,), step)
         xt, noise = q_sample(to_unit(x, 17), t, sched)
-        assert (model.net(xt, t) - noise).abs().mean() < 1e-3
+        inside = (noise * (1 - sched.alphas_cumprod[step]).sqrt()).abs() < 0.05
+        assert inside.float().mean() > 0.99
+        assert (model.net(xt, t) - noise)[inside].abs().mean() < 1e-3
 
 
 def test_fit_ddpm_keeps_the_best_validation_bound():
