@@ -20,6 +20,11 @@ def pytest_report_header(config):
             f"lvmfast backends: {lvmfast.backends()}"]
 
 
+def pytest_terminal_summary(terminalreporter):
+    # again at the end: `pytest -q` (the README's and CI's command) hides the header
+    terminalreporter.write_line(f"lvmfast test seed: {SEED} (set LVMFAST_TEST_SEED to repeat)")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     # Fresh random inputs every session, repeatable per test from the printed seed (crc32, not
