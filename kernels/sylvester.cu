@@ -164,28 +164,36 @@ __host__ __device__ __forceinline__ int column_parts(int64_t cols) {
   return parts;
 }
 
-// sum_{m <= k} R(m, k) v[m] for every column k < M of the upper triangle, with the rows of a
-// column split over column_parts(M) threads: split p's sum lands in partial[p M + k] (kThreads
-// acc_t), or in dst[k] when there is one split; column_sum adds them up in a fixed order. No
-// barrier: the caller's next one publishes the sums.
+// sum_m A(m, k) v[m] for every column k < cols, over m <= k for an upper triangle or m < rows
+// for a dense matrix, and likewise with v2 when it is given (one pass over A for both). The rows
+// of a column are split over column_parts(cols) threads: split p's sums land in
+// partial[p cols + k] (v2's at partial[kThreads + p cols + k]), or in dst[k] (dst2[k]) when there
+// is one split; column_sum adds them up in a fixed order. No barrier: the caller's next one
+// publishes the sums.
 template <typename acc_t, typename T, typename I>
-__device__ __forceinline__ void column_dots(const View<T, I>& R, const acc_t* v, I M, acc_t* dst,
-                                            acc_t* partial, int tid) {
-  const int parts = column_parts(M);
-  if (parts == 1) {
-    for (I k = tid; k < M; k += kThreads) {
-      acc_t s = 0;
-      for (I m = 0; m <= k; ++m) s += to_acc<acc_t>(R(m, k)) * v[m];
-      dst[k] = s;
-    }
-    return;
-  }
-  const int part = tid / static_cast<int>(M);
+__device__ __forceinline__ void column_dots(const View<T, I>& A, I rows, I cols, bool upper,
+                                            const acc_t* v, acc_t* dst, const acc_t* v2,
+                                            acc_t* dst2, acc_t* partial, int tid) {
+  const int parts = column_parts(cols);
+  const int part = parts > 1 ? tid / static_cast<int>(cols) : 0;
   if (part >= parts) return;
-  const I k = tid % M;
-  acc_t s = 0;
-  for (I m = part; m <= k; m += parts) s += to_acc<acc_t>(R(m, k)) * v[m];
-  partial[part * M + k] = s;
+  // with splits, parts * cols <= kThreads: one column a thread
+  for (I k = parts > 1 ? tid % cols : tid; k < cols; k += kThreads) {
+    const I end = upper ? k + 1 : rows;
+    acc_t s = 0, s2 = 0;
+    for (I m = part; m < end; m += parts) {
+      const acc_t a = to_acc<acc_t>(A(m, k));
+      s += a * v[m];
+      if (v2 != nullptr) s2 += a * v2[m];
+    }
+    if (parts == 1) {
+      dst[k] = s;
+      if (v2 != nullptr) dst2[k] = s2;
+    } else {
+      partial[part * cols + k] = s;
+      if (v2 != nullptr) partial[kThreads + part * cols + k] = s2;
+    }
+  }
 }
 template <typename acc_t, typename I>
 __device__ __forceinline__ acc_t column_sum(const acc_t* dst, const acc_t* partial, I M, I k) {
@@ -286,41 +294,19 @@ __device__ __forceinline__ void stage_vector(acc_t* dst, const scalar_t* src, in
   }
 }
 
-// ys[m] = sum_d Q(d, m) zs[d] (and gs[m] = sum_d Q(d, m) g[d] when g is given) for a dense
-// D x M Q, m < M, with the d range split over column_parts(M) threads, whose partial sums (in
-// `partial`: kThreads acc_t, twice that with g) one thread per column then adds in a fixed order.
-// Every thread must call it; it ends with a barrier.
+// ys = Q^T zs (and gs = Q^T g when g is given) for a dense D x M Q, by column_dots, with the
+// splits added up (partial: kThreads acc_t, twice that with g). Every thread must call it; it
+// ends with a barrier.
 template <typename acc_t, typename T, typename I>
 __device__ __forceinline__ void transposed_dots(const View<T, I>& Q, const acc_t* zs,
                                                 const acc_t* g, I D, I M, acc_t* ys, acc_t* gs,
                                                 acc_t* partial, int tid) {
-  const int parts = column_parts(M);
-  const int part = parts > 1 ? tid / static_cast<int>(M) : 0;
-  for (I m = parts > 1 ? tid % M : tid; m < M && part < parts; m += kThreads) {
-    acc_t sz = 0, sg = 0;
-    for (I d = part; d < D; d += parts) {
-      const acc_t qv = to_acc<acc_t>(Q(d, m));
-      sz += qv * zs[d];
-      if (g != nullptr) sg += qv * g[d];
-    }
-    if (parts == 1) {
-      ys[m] = sz;
-      if (g != nullptr) gs[m] = sg;
-    } else {
-      partial[part * M + m] = sz;
-      if (g != nullptr) partial[kThreads + part * M + m] = sg;
-    }
-  }
+  column_dots(Q, D, M, false, zs, ys, g, gs, partial, tid);
   __syncthreads();
-  if (parts == 1) return;
+  if (column_parts(M) == 1) return;
   for (I m = tid; m < M; m += kThreads) {
-    acc_t sz = 0, sg = 0;
-    for (int k = 0; k < parts; ++k) {
-      sz += partial[k * M + m];
-      if (g != nullptr) sg += partial[kThreads + k * M + m];
-    }
-    ys[m] = sz;
-    if (g != nullptr) gs[m] = sg;
+    ys[m] = column_sum(ys, partial, M, m);
+    if (g != nullptr) gs[m] = column_sum(gs, partial + kThreads, M, m);
   }
   __syncthreads();
 }
@@ -336,13 +322,20 @@ __device__ __forceinline__ Staged<acc_t> staged_layout(acc_t* mats, const Sylves
 __host__ __device__ __forceinline__ int64_t staged_elements(const SylvesterDims& p) {
   return p.M * triangles_ld(p.M) + (p.qkind == 2 ? p.D * dense_ld(p.D, p.M) : 0);
 }
-// Vectors: z, y, h, c, b and the partial sums of transposed_dots (forward); z, grad_out, nine of
-// size M, b and the partial sums of two transposed dots (backward).
+// A block's vectors: z, y, h, c, then b (staged with the matrices) and the partial sums of one
+// column_dots (forward); z, grad_out, nine of size M, then b and the partial sums of two
+// (backward). The *_bias_offset functions place b for both the kernels and the sample functions.
+__host__ __device__ __forceinline__ int64_t forward_bias_offset(const SylvesterDims& p) {
+  return p.D + 3 * p.M;
+}
+__host__ __device__ __forceinline__ int64_t backward_bias_offset(const SylvesterDims& p) {
+  return 2 * p.D + 9 * p.M;
+}
 __host__ __device__ __forceinline__ int64_t forward_vector_elements(const SylvesterDims& p) {
-  return p.D + 4 * p.M + kThreads;
+  return forward_bias_offset(p) + p.M + kThreads;
 }
 __host__ __device__ __forceinline__ int64_t backward_vector_elements(const SylvesterDims& p) {
-  return 2 * p.D + 10 * p.M + 2 * kThreads;
+  return backward_bias_offset(p) + p.M + 2 * kThreads;
 }
 
 // Views of one sample's matrices in global memory (row-major), for the unstaged kernels.
@@ -372,8 +365,8 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
   acc_t* y = zs + D;
   acc_t* h = y + M;
   acc_t* c = h + M;
-  const acc_t* bs = c + M;  // staged with the matrices (kStaged)
-  acc_t* partial = c + 2 * M;
+  const acc_t* bs = vectors + forward_bias_offset(p);  // staged with the matrices (kStaged)
+  acc_t* partial = vectors + forward_bias_offset(p) + M;
   if constexpr (!kStaged)
     for (I d = tid; d < D; d += kThreads) zs[d] = load<acc_t>(zn, d);
   __syncthreads();
@@ -431,7 +424,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       const int D = static_cast<int>(p.D), M = static_cast<int>(p.M);
       stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
       stage_vector(vectors, z + n * p.D, D, tid);
-      if (n == blockIdx.x || p.b_bs != 0) stage_vector(vectors + D + 3 * M, bn, M, tid);
+      if (n == blockIdx.x || p.b_bs != 0) stage_vector(vectors + forward_bias_offset(p), bn, M, tid);
       wait_async_copies();
       forward_sample<true, int>(z + n * p.D, staged, bn, out + n * p.D, logdet + n, vectors,
                                 warp_logdet, p, tid);
@@ -471,8 +464,8 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   acc_t* c = gy + M;
   acc_t* dg1 = c + M;
   acc_t* dg2 = dg1 + M;
-  const acc_t* bs = dg2 + M;  // staged with the matrices (kStaged)
-  acc_t* partial = dg2 + 2 * M;
+  const acc_t* bs = vectors + backward_bias_offset(p);  // staged with the matrices (kStaged)
+  acc_t* partial = vectors + backward_bias_offset(p) + M;
   if constexpr (!kStaged) {
     for (I d = tid; d < D; d += kThreads) {
       zs[d] = load<acc_t>(zn, d);
@@ -504,7 +497,8 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   });
   __syncthreads();
   // gh = R1^T gc (split sums, added up below); c = R1 h (needed for grad_q only).
-  column_dots(R1, static_cast<const acc_t*>(gc), M, gh, partial, tid);
+  column_dots(R1, M, M, true, static_cast<const acc_t*>(gc), gh, static_cast<const acc_t*>(nullptr),
+              gh, partial, tid);
   if (dense) row_dots<kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
   __syncthreads();
   // grad_r1 = triu(gc h^T) + diag(dg1); then ga = s * (gh + d logdet / dh) = grad_b.
@@ -522,7 +516,8 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   }
   __syncthreads();
   // gy = R2^T ga (split sums, added up below); grad_r2 = triu(ga y^T) + diag(dg2).
-  column_dots(R2, static_cast<const acc_t*>(ga), M, gy, partial, tid);
+  column_dots(R2, M, M, true, static_cast<const acc_t*>(ga), gy, static_cast<const acc_t*>(nullptr),
+              gy, partial, tid);
   for (I m = warp; m < M; m += kWarps) {
     for (I k = lane; k < M; k += 32) {
       acc_t v = k >= m ? ga[m] * y[k] : acc_t(0);
@@ -589,7 +584,7 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
       stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
       stage_vector(vectors, z + n * D, Di, tid);
       stage_vector(vectors + Di, grad_out + n * D, Di, tid);
-      if (n == blockIdx.x || p.b_bs != 0) stage_vector(vectors + 2 * Di + 9 * Mi, bn, Mi, tid);
+      if (n == blockIdx.x || p.b_bs != 0) stage_vector(vectors + backward_bias_offset(p), bn, Mi, tid);
       wait_async_copies();
       backward_sample<true, int>(grad_out + n * D, gl, z + n * D, staged, bn, out, vectors, p,
                                  tid);
