@@ -15,7 +15,7 @@
 //
 // Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared memory
 // (20 KB at 64 x 32 float; the forward has 128 threads a block and up to 8 blocks an SM, all
-// resident at the 51 registers ptxas gives the float kernel for sm_90). Products are
+// resident at the 48 registers ptxas gives the float kernel for sm_90). Products are
 // register-tiled 4 x 4 per thread over the shared operands when M and D are multiples of 8
 // (gemm_tn_quads, gemm_nn_quads), else 2 x 2 with paired loads when M is even. The convergence
 // test is a block reduction whose result every thread reads from shared memory, so the whole block
@@ -323,19 +323,15 @@ __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t*
   }
 }
 
-// The backward's kept iterates in its workspace slice: slot i holds Q (q + i D M) and A (a + i
-// M M). Step j of a run is kept in slot first + (j - from) / stride when j >= from,
-// (j - from) % stride == 0 and that slot is below `count` (orthogonal_checkpoints.cuh decides).
+// The backward's kept iterates in its workspace slice: slot i of `slots` holds Q (q + i D M) and
+// A (a + i M M); `run` says which step of the current run goes where (orthogonal_checkpoints.cuh).
 template <typename acc_t>
 struct Keep {
   acc_t* q;
   acc_t* a;
-  int64_t count, from, stride, first;
-  __device__ __forceinline__ int64_t slot(int64_t j) const {
-    if (j < from || (j - from) % stride != 0) return -1;
-    const int64_t i = first + (j - from) / stride;
-    return i < count ? i : -1;
-  }
+  int64_t slots;
+  BjorckReplay run;
+  __device__ __forceinline__ int64_t slot(int64_t j) const { return run.kept_slot(j, slots); }
 };
 
 // Runs up to `steps` steps from the matrix already loaded into qs[0]; qs[0], qs[1] (D x M each)
@@ -451,7 +447,7 @@ __device__ __forceinline__ void replay(const scalar_t* q0, Keep<acc_t>* keep, ac
     block_copy(qs, q0, dm);
   else
     block_copy(qs, keep->q + r.source * dm, dm);
-  if (threadIdx.x == 0) keep->from = r.from, keep->stride = r.stride, keep->first = r.first_slot;
+  if (threadIdx.x == 0) keep->run = r;
   __syncthreads();
   run_steps(qs, as, D, M, r.steps, tol2, false, keep, red);
 }
@@ -504,7 +500,7 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
   const int dm = D * M, mm = M * M;  // within one matrix
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
     block_copy(qs, q + m * DM, dm);
-    if (threadIdx.x == 0) keep = {keep_q, keep_a, slots, 0, 1, 0};  // the first slots, every step
+    if (threadIdx.x == 0) keep = {keep_q, keep_a, slots, bjorck_rerun(max_steps)};
     __syncthreads();
     const int64_t k = run_steps(qs, as, D, M, max_steps, tol2, true, &keep, red);
     load_matrix(grad + m * DM, g, dm);

@@ -43,7 +43,20 @@ LVMFAST_HOST_DEVICE inline int64_t bjorck_slots(int64_t max_steps) {
 // stride` for j >= from with (j - from) % stride == 0.
 struct BjorckReplay {
   int64_t source, steps, from, stride, first_slot;
+
+  // The slot that keeps step j of this run, or -1 (none, or past the `slots` there are).
+  LVMFAST_HOST_DEVICE int64_t kept_slot(int64_t j, int64_t slots) const {
+    if (j < from || (j - from) % stride != 0) return -1;
+    const int64_t i = first_slot + (j - from) / stride;
+    return i < slots ? i : -1;
+  }
 };
+
+// The backward's re-run of the forward (up to max_steps, stopping where the forward stopped):
+// from the input, keeping its first steps one a slot.
+LVMFAST_HOST_DEVICE inline BjorckReplay bjorck_rerun(int64_t max_steps) {
+  return {-1, max_steps, 0, 1, 0};
+}
 
 class BjorckCheckpoints {
  public:

@@ -160,19 +160,15 @@ LVMFAST_INLINE T distance_to_identity2(const T* a, const Dims& d) {
   return sum;
 }
 
-// The backward's kept iterates: slot i holds Q (qs + i QS) and A (as + i AS). Step j of a run is
-// kept in slot first + (j - from) / stride when j >= from, (j - from) % stride == 0 and that
-// slot is below `count` (kernels/orthogonal_checkpoints.cuh decides which).
+// The backward's kept iterates: slot i of `slots` holds Q (qs + i QS) and A (as + i AS); `run`
+// says which step of the current run goes where (kernels/orthogonal_checkpoints.cuh).
 template <typename T>
 struct Keep {
   T* qs;
   T* as;
-  int64_t count, from, stride, first;
-  int64_t slot(int64_t j) const {
-    if (j < from || (j - from) % stride != 0) return -1;
-    const int64_t i = first + (j - from) / stride;
-    return i < count ? i : -1;
-  }
+  int64_t slots;
+  kernels::BjorckReplay run;
+  int64_t slot(int64_t j) const { return run.kept_slot(j, slots); }
 };
 
 // Runs up to `steps` steps from the padded matrix in work[0] (work: two Q buffers, and one A).
@@ -319,13 +315,13 @@ at::Tensor bjorck_orthonormalize_backward_cpu(const at::Tensor& grad, const at::
           pad_in(q0, work.data(), d);
         else
           std::memcpy(work.data(), kept_q.data() + r.source * QS, sizeof(scalar_t) * QS);
-        const Keep<scalar_t> keep{kept_q.data(), kept_a.data(), slots, r.from, r.stride, r.first_slot};
+        const Keep<scalar_t> keep{kept_q.data(), kept_a.data(), slots, r};
         run_steps(work.data(), work_a.data(), d, r.steps, tol2, false, &keep, &result);
       };
       for (int64_t m = m0; m < m1; ++m) {
         const scalar_t* q0 = qp + m * D * M;
         pad_in(q0, work.data(), d);
-        const Keep<scalar_t> rerun{kept_q.data(), kept_a.data(), slots, 0, 1, 0};
+        const Keep<scalar_t> rerun{kept_q.data(), kept_a.data(), slots, kernels::bjorck_rerun(max_steps)};
         const int64_t k = run_steps(work.data(), work_a.data(), d, max_steps, tol2, true, &rerun, &result);
         pad_in(gp + m * D * M, g.data(), d);
         const kernels::BjorckCheckpoints plan(k, slots);

@@ -26,8 +26,8 @@ int main(int argc, char** argv) {
       if (iterate < 0) return false;
       for (long long s = 0; s < r.steps; ++s, ++iterate) {
         if (s < r.from || (s - r.from) % r.stride != 0) continue;
-        const long long at = r.first_slot + (s - r.from) / r.stride;
-        if (at < 0 || at >= slots) return false;
+        const long long at = r.kept_slot(s, slots);  // the kernels' rule: -1 past the slots
+        if (at < 0) return false;
         slot[at] = iterate;
       }
       replayed += r.steps;
