@@ -194,12 +194,6 @@ def device_time(fn: Callable[[], object], reps: int = 5) -> dict | None:
     return summarize_device_events(prof.events(), reps)
 
 
-def device_busy_s(fn: Callable[[], object], reps: int = 5) -> float | None:
-    """Seconds per call that the GPU spends in kernels and copies (device_time's busy_s)."""
-    summary = device_time(fn, reps)
-    return None if summary is None else summary["busy_s"]
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     idx = (len(ordered) - 1) * q
