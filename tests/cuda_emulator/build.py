@@ -5,9 +5,9 @@ are `torch.ops.lvmfast_emulated.<op>` on CPU tensors. Tests then run the real CU
 Rewrites, on copies in the build folder:
   * kernels/*.cu: the runtime header included first, as nvcc does;
     `kernel<<<grid, block, smem, stream>>>(args)` -> `::emu::launch(kernel, grid, block, smem,
-    stream)(args)` (in kernels/*.cuh too); `extern __shared__ ... name[];` -> a pointer to the emulated block's dynamic
-    shared memory; `#include <cassert>` -> include/emulated_assert.h (a failing device-side
-    assert raises instead of aborting). Compiled as C++.
+    stream)(args)` (in kernels/*.cuh too); `extern __shared__ ... name[];` -> a pointer to the
+    emulated block's dynamic shared memory; `#include <cassert>` -> include/emulated_assert.h (a
+    failing device-side assert raises instead of aborting). Compiled as C++.
   * csrc/cuda/*.cpp: registered for the CPU key of the `lvmfast_emulated` library; `is_cuda()`
     checks accept CPU tensors.
   * csrc/ops.cpp: the same schemas, under `lvmfast_emulated`.
