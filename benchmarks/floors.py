@@ -4,6 +4,7 @@ large float32 matrix product with TF32 off, since our kernels use plain FMA unit
 
   python benchmarks/floors.py measure ceilings.json          (on the GPU, before the bench)
   python benchmarks/floors.py table bench.json ceilings.json  (anywhere: markdown table)
+  python benchmarks/floors.py kernels ceilings.json rows.jsonl...  (benchmarks/kernels rows)
 
 Bytes count each input read once and each output written once per call (float32); fwd+bwd is a
 forward call plus a backward call that reads the inputs again, reads the output gradient and
@@ -11,6 +12,7 @@ writes every input gradient. Flop counts are per element of the work, stated bel
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
@@ -50,6 +52,7 @@ def measure(path: str) -> None:
           f"float32 matmul without TF32 {out['fp32_flops_per_s'] / 1e12:.1f} TFLOP/s")
 
 
+@functools.lru_cache(maxsize=None)
 def _bjorck_steps(N, D, M, max_steps=30, tol=1e-6):
     """Steps the float32 iteration takes on the bench's inputs (the slowest matrix's count)."""
     import torch
@@ -144,10 +147,84 @@ def table(bench_path: str, ceil_path: str) -> str:
     return "\n".join(lines)
 
 
+def launch_work(row: dict) -> tuple[float, float] | None:
+    """(bytes, flops) of one launch of a benchmarks/kernels row: its mode is "fwd" or "bwd", the
+    backward's share being the forward+backward work less the forward's."""
+    if row["mode"] == "fwd":
+        return work(row)
+    both, fwd = work({**row, "mode": "fwd+bwd"}), work({**row, "mode": "fwd"})
+    return None if both is None else (both[0] - fwd[0], both[1] - fwd[1])
+
+
+def _batch(row: dict) -> int:
+    return row["N"] if "N" in row else row["B"]
+
+
+def kernels_table(ceil_path: str, row_paths: list[str]) -> str:
+    """Markdown table of benchmarks/kernels rows (JSON lines) against their floors, with the
+    per-sample cost over the batch scales, and each build's checksum against the default's."""
+    with open(ceil_path) as f:
+        ceil = json.load(f)
+    rows = [json.loads(line) for p in row_paths for line in open(p) if line.startswith("{")]
+    bw, rate = ceil["copy_bytes_per_s"], ceil["fp32_flops_per_s"]
+    key = lambda r: (r["op"], r["shape"], r["mode"])  # noqa: E731
+    default = {key(r) + (_batch(r),): r for r in rows if r["variant"] == "default"}
+    lines = [f"Kernels alone (benchmarks/kernels/flow_kernels.cu) on {ceil['gpu']}: floors from copy "
+             f"{bw / 1e12:.2f} TB/s and float32 {rate / 1e12:.1f} TFLOP/s. `warm`: the same buffers "
+             "every launch (as `lvmfast bench`); `cold`: buffers cycled past the L2. `checksum`: "
+             "relative difference of the outputs' sum of |x| from the default build's.", "",
+             "| build | op | shape | mode | batch | warm us | cold us | floor us | bound | warm / floor "
+             "| cold / floor | checksum |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    floors = {}
+    for r in rows:
+        w = launch_work(r)
+        if w is None:
+            continue
+        t_mem, t_flop = w[0] / bw, w[1] / rate
+        floor = max(t_mem, t_flop)
+        floors[id(r)] = floor
+        base = default.get(key(r) + (_batch(r),))
+        diff = "–"
+        if base is not None and base is not r:
+            denom = max(abs(base["abs_checksum"]), 1e-300)
+            diff = f"{abs(r['abs_checksum'] - base['abs_checksum']) / denom:.1e}"
+        lines.append(f"| {r['variant']} | {r['op']} | {r['shape']} | {r['mode']} | {_batch(r)} | "
+                     f"{r['warm_s'] * 1e6:.1f} | {r['cold_s'] * 1e6:.1f} | {floor * 1e6:.2f} | "
+                     f"{'memory' if t_mem >= t_flop else 'arithmetic'} | {r['warm_s'] / floor:.2f} | "
+                     f"{r['cold_s'] / floor:.2f} | {diff} |")
+    # The cold time's slope over the batch against the floor's, and its intercept (fixed cost).
+    groups: dict = {}
+    for r in rows:
+        if id(r) in floors:
+            groups.setdefault((r["variant"],) + key(r), []).append(r)
+    scaling = []
+    for (variant, op, shape, mode), rs in groups.items():
+        rs = sorted(rs, key=_batch)
+        if len(rs) < 2 or _batch(rs[0]) == _batch(rs[-1]):
+            continue
+        lo, hi = rs[0], rs[-1]
+        db = _batch(hi) - _batch(lo)
+        slope = (hi["cold_s"] - lo["cold_s"]) / db
+        floor_slope = (floors[id(hi)] - floors[id(lo)]) / db
+        intercept = lo["cold_s"] - slope * _batch(lo)
+        scaling.append(f"| {variant} | {op} | {shape} | {mode} | {_batch(lo)}..{_batch(hi)} | "
+                       f"{slope * 1e9:.2f} | {floor_slope * 1e9:.2f} | "
+                       f"{slope / floor_slope if floor_slope > 0 else float('nan'):.2f} | "
+                       f"{intercept * 1e6:.1f} |")
+    if scaling:
+        lines += ["", "Cold time against the batch: ns a sample (slope), its floor, and the fixed "
+                  "cost a launch (intercept).", "",
+                  "| build | op | shape | mode | batches | ns / sample | floor ns / sample | "
+                  "slope / floor | intercept us |", "|---|---|---|---|---|---|---|---|---|"] + scaling
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "measure":
         measure(sys.argv[2])
     elif len(sys.argv) == 4 and sys.argv[1] == "table":
         print(table(sys.argv[2], sys.argv[3]))
+    elif len(sys.argv) >= 4 and sys.argv[1] == "kernels":
+        print(kernels_table(sys.argv[2], sys.argv[3:]))
     else:
         sys.exit(__doc__)

@@ -52,11 +52,22 @@ namespace {
 
 // The forward's two products have 4 x 4 tiles for every one of 128 threads at 64 x 32 (gemm_tn
 // with its D rows split in two); 128 threads also let 8 blocks an SM stay resident. The backward
-// keeps few blocks (its workspace is per block), so it runs more threads in each.
+// keeps few blocks (its workspace is per block), so it runs more threads in each, though its
+// re-run of the forward uses only kForwardThreads of them (run_steps). The backward's two
+// constants can be overridden with -D, so that benchmarks/gpu_kernels.sh can time several
+// builds of these kernels in one call on a GPU.
+#ifndef LVMFAST_BJORCK_BACKWARD_THREADS
+#define LVMFAST_BJORCK_BACKWARD_THREADS 256
+#endif
+#ifndef LVMFAST_BJORCK_BLOCKS_PER_SM
+#define LVMFAST_BJORCK_BLOCKS_PER_SM 2
+#endif
 constexpr int kForwardThreads = 128;
-constexpr int kBackwardThreads = 256;
+constexpr int kBackwardThreads = LVMFAST_BJORCK_BACKWARD_THREADS;
+static_assert(kBackwardThreads >= kForwardThreads && kBackwardThreads % 32 == 0,
+              "the backward re-runs the forward's products on kForwardThreads of its threads");
 // The backward's workspace is per block, so it keeps few; a shared-memory forward has none.
-constexpr int kBlocksPerSm = 2;
+constexpr int kBlocksPerSm = LVMFAST_BJORCK_BLOCKS_PER_SM;
 constexpr int kForwardBlocksPerSm = 8;
 
 // Sum over the block; every thread gets the result. red: 32 acc_t of shared memory.

@@ -57,14 +57,27 @@ namespace lvmfast {
 namespace kernels {
 namespace {
 
-constexpr int kThreads = 128;
+// Tuning constants. Each can be overridden with -D at compile time, so that
+// benchmarks/gpu_kernels.sh can time several builds of these kernels in one call on a GPU.
+#ifndef LVMFAST_SYLVESTER_THREADS
+#define LVMFAST_SYLVESTER_THREADS 128
+#endif
+#ifndef LVMFAST_SYLVESTER_MIN_BLOCKS
+#define LVMFAST_SYLVESTER_MIN_BLOCKS 10
+#endif
+#ifndef LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS
+#define LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS 8
+#endif
+constexpr int kThreads = LVMFAST_SYLVESTER_THREADS;
+static_assert(kThreads % 32 == 0 && (kThreads & (kThreads - 1)) == 0,
+              "the row groups and column splits need a power-of-two block of whole warps");
 constexpr int kWarps = kThreads / 32;
 // Registers for at least this many resident blocks an SM: the benchmark's 1024 samples need 8 on
 // an H100 (132 SMs) to run in one wave. Left free, ptxas gave the backward 128 registers after a
 // small change (4 blocks an SM). The forward fits 10 blocks' worth (48 registers) without
 // spilling; the backward spills there, and gets 8 (64 registers).
-constexpr int kMinBlocksPerSm = 10;
-constexpr int kMinBackwardBlocksPerSm = 8;
+constexpr int kMinBlocksPerSm = LVMFAST_SYLVESTER_MIN_BLOCKS;
+constexpr int kMinBackwardBlocksPerSm = LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS;
 // Staged kernels only up to this much shared memory a block: two blocks still fit on an SM.
 constexpr size_t kStagedSmemLimit = 96 * 1024;
 

@@ -107,3 +107,27 @@ def load(families: list[str] = list(FAMILIES), verbose: bool = False):
         extra_include_paths=[str(INCLUDE)], extra_cflags=["-O1", "-DLVMFAST_CUDA_EMULATOR"],
         is_python_module=False, verbose=verbose)
     return getattr(__import__("torch").ops, LIBRARY)
+
+
+def build_program(source: Path, families: list[str], output: Path, defines: tuple[str, ...] = ()) -> Path:
+    """Compiles a standalone CUDA program (a .cu with main(), such as
+    benchmarks/kernels/flow_kernels.cu) and the kernels of `families` against the emulation, with
+    the same rewrites, into the executable `output`. No torch: the program's runtime calls are
+    the host ones at the end of include/cuda_runtime.h."""
+    import subprocess
+
+    src = output.parent / "src"
+    (src / "kernels").mkdir(parents=True, exist_ok=True)
+    for header in (ROOT / "kernels").glob("*.cuh"):
+        _write(src / "kernels" / header.name, rewrite_launches(header.read_text()))
+    sources = []
+    for family in families:
+        sources.append(src / f"kernels/{family}_kernels.cpp")
+        _write(sources[-1], rewrite_kernel((ROOT / f"kernels/{family}.cu").read_text()))
+    program = src / source.resolve().relative_to(ROOT).with_suffix(".cpp")
+    program.parent.mkdir(parents=True, exist_ok=True)
+    _write(program, rewrite_kernel(source.read_text()))
+    cmd = ["g++", "-std=c++17", "-O1", "-DLVMFAST_CUDA_EMULATOR", f"-I{INCLUDE}",
+           *(f"-D{d}" for d in defines), *map(str, sources + [program]), "-o", str(output)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return output

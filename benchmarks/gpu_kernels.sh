@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine for the flow kernels alone: builds benchmarks/kernels/flow_kernels.cu
+# with plain nvcc (no torch extension: under a minute, against two for the full build) once per
+# variant of the kernels' -D tuning constants, checks every build against lvmfast.reference,
+# times each at the benchmark shapes and at SCALES times their batch, profiles the default build
+# with ncu, and prints the tables last. Outputs go to $OUT.
+#   bash benchmarks/gpu_kernels.sh              (from the repository root)
+# VARIANTS: "name:-DX=1 -DY=2;name2:..." (the default list is below; "default" is always built
+# first, with no -D). SCALES: batch multiples (default 1,4). NCU=0 skips the profile.
+set -uo pipefail
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+export PATH="$PATH:/usr/local/cuda/bin" PYTHONUNBUFFERED=1
+started=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
+ARCH="${ARCH:-sm_90}"
+SCALES="${SCALES:-1,4}"
+# Hypotheses (benchmarks/results/gpu-h100-2026-11-26-session5.md): the Björck backward re-runs
+# the forward on 128 of its 256 threads, 2 blocks an SM, so a quarter of the forward kernel's
+# threads an SM; the one-wave Sylvester kernels may be bound by a sample's serial latency
+# (more threads a sample) or by the loads (threads do not matter).
+VARIANTS="${VARIANTS:-bj128x4:-DLVMFAST_BJORCK_BACKWARD_THREADS=128 -DLVMFAST_BJORCK_BLOCKS_PER_SM=4;\
+bj256x3:-DLVMFAST_BJORCK_BLOCKS_PER_SM=3;\
+sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
+sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16}"
+BUILD=/tmp/flow-kernels
+rm -rf "$BUILD"
+mkdir -p "$BUILD"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+nvcc --version | tail -1 | tee -a "$OUT/gpu.txt"
+git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/gpu.txt"
+
+# setup.py's nvcc flags and the defines torch's extension builder adds
+FLAGS=(-O3 -std=c++17 --use_fast_math -lineinfo -DNDEBUG -arch="$ARCH" -D__CUDA_NO_HALF_OPERATORS__
+       -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__)
+build() {  # name, defines...
+  local name=$1 dir="$BUILD/$1"
+  shift
+  mkdir -p "$dir"
+  local objs=()
+  for family in sylvester orthogonal householder; do
+    nvcc "${FLAGS[@]}" "$@" -Xptxas -v -c "kernels/$family.cu" -o "$dir/$family.o" \
+      >"$dir/$family.log" 2>&1 || { tail -20 "$dir/$family.log"; echo "BUILD FAILED: $name $family"; return 1; } &
+    objs+=("$dir/$family.o")
+  done
+  nvcc "${FLAGS[@]}" "$@" -c benchmarks/kernels/flow_kernels.cu -o "$dir/main.o" >"$dir/main.log" 2>&1 \
+    || { tail -20 "$dir/main.log"; echo "BUILD FAILED: $name main"; return 1; }
+  wait
+  nvcc -arch="$ARCH" "$dir/main.o" "${objs[@]}" -o "$dir/flow_kernels" >"$dir/link.log" 2>&1 \
+    || { tail -20 "$dir/link.log"; echo "BUILD FAILED: $name link"; return 1; }
+  cat "$dir"/*.log >"$OUT/ptxas-$name.txt"
+}
+
+stamp "build (default and: ${VARIANTS//;/, })"
+names=(default)
+build default &
+IFS=';' read -ra specs <<<"$VARIANTS"
+for spec in "${specs[@]}"; do
+  [ -z "$spec" ] && continue
+  name=${spec%%:*}
+  read -ra defines <<<"${spec#*:}"
+  names+=("$name")
+  build "$name" "${defines[@]}" &
+done
+wait
+built=()
+for name in "${names[@]}"; do
+  [ -x "$BUILD/$name/flow_kernels" ] && built+=("$name") || echo "no binary for $name"
+done
+[ ${#built[@]} -eq 0 ] && { echo "NOTHING BUILT"; exit 1; }
+
+stamp "checks against lvmfast.reference (float64)"
+check_rc=0
+for name in "${built[@]}"; do
+  # every build on odd tiny batches; the default also at the benchmark's batch
+  for size in tiny bench; do
+    [ "$size" = bench ] && [ "$name" != default ] && continue
+    dump="$BUILD/$name/dump-$size"
+    mkdir -p "$dump"
+    extra=(); [ "$size" = tiny ] && extra=(--tiny)
+    if "$BUILD/$name/flow_kernels" "${extra[@]}" --once --dump "$dump" >"$OUT/check-$name-$size.txt" 2>&1 \
+        && python3 benchmarks/check_kernel_dump.py "$dump" >>"$OUT/check-$name-$size.txt" 2>&1; then
+      echo "  $name ($size): all outputs within tolerance"
+    else
+      check_rc=1
+      echo "  $name ($size): FAILED"
+      grep -E "^FAIL" "$OUT/check-$name-$size.txt" | head -8
+      tail -3 "$OUT/check-$name-$size.txt"
+    fi
+    rm -rf "$dump"
+  done
+done
+
+stamp "ceilings"
+python3 benchmarks/floors.py measure "$OUT/ceilings.json" | tee -a "$OUT/gpu.txt"
+
+stamp "timings (scales $SCALES)"
+for name in "${built[@]}"; do
+  timeout 240 "$BUILD/$name/flow_kernels" --variant "$name" --scales "$SCALES" \
+    >"$OUT/kernels-$name.jsonl" 2>"$OUT/kernels-$name.err" \
+    || { echo "  $name: rc=$?"; tail -3 "$OUT/kernels-$name.err"; }
+  stamp "  $name: $(grep -c '^{' "$OUT/kernels-$name.jsonl") rows"
+done
+
+if [ "${NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
+  stamp "ncu (default build, benchmark shapes, each flow kernel once)"
+  # --clock-control none: the clocks the timings above ran at
+  timeout 300 ncu --clock-control none --kernel-name regex:"forward|backward" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section SchedulerStats --export "$OUT/ncu-default" --force-overwrite \
+    "$BUILD/default/flow_kernels" --once >"$OUT/ncu.log" 2>&1 || { echo "  ncu rc=$?"; tail -5 "$OUT/ncu.log"; }
+  if [ -f "$OUT/ncu-default.ncu-rep" ]; then
+    ncu --import "$OUT/ncu-default.ncu-rep" --csv --page details >"$OUT/ncu-details.csv" 2>/dev/null
+    ncu --import "$OUT/ncu-default.ncu-rep" --csv --page raw >"$OUT/ncu-raw.csv" 2>/dev/null
+    python3 - "$OUT/ncu-details.csv" "$OUT/ncu-raw.csv" <<'EOF'
+import csv, re, sys
+# one line per kernel launch: the details page's headline numbers and the raw page's top stalls
+want = ["Duration", "DRAM Throughput", "Compute (SM) Throughput", "Achieved Occupancy",
+        "Registers Per Thread", "Warp Cycles Per Issued Instruction", "L2 Hit Rate"]
+rows = {}
+for r in csv.DictReader(open(sys.argv[1])):
+    key = (r.get("ID", "?"), r.get("Kernel Name", "?")[:60], r.get("Grid Size", "?"), r.get("Block Size", "?"))
+    if r.get("Metric Name") in want:
+        rows.setdefault(key, {})[r["Metric Name"]] = f'{r.get("Metric Value", "")} {r.get("Metric Unit", "")}'.strip()
+stalls = {}
+raw = list(csv.reader(open(sys.argv[2])))
+if raw:
+    head = raw[0]
+    cols = [(i, m.group(1)) for i, h in enumerate(head)
+            if (m := re.fullmatch(r"smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.ratio", h))]
+    for r in raw[2:]:
+        vals = []
+        for i, name in cols:
+            try:
+                vals.append((float(r[i].replace(",", "")), name))
+            except (ValueError, IndexError):
+                pass
+        stalls[r[0]] = ", ".join(f"{n} {v:.1f}" for v, n in sorted(vals, reverse=True)[:4])
+for key, m in rows.items():
+    print(f"  [{key[0]}] {key[1]} grid {key[2]} block {key[3]}")
+    print("      " + "; ".join(f"{k}: {m.get(k, '-')}" for k in want))
+    if stalls.get(key[0]):
+        print(f"      stalls per issue: {stalls[key[0]]}")
+EOF
+  fi
+fi
+
+stamp "tables"
+files=()
+for name in "${built[@]}"; do [ -s "$OUT/kernels-$name.jsonl" ] && files+=("$OUT/kernels-$name.jsonl"); done
+if [ -f "$OUT/ceilings.json" ] && [ ${#files[@]} -gt 0 ]; then
+  python3 benchmarks/floors.py kernels "$OUT/ceilings.json" "${files[@]}" | tee "$OUT/kernels-table.md"
+fi
+stamp "done (checks rc=$check_rc)"
+exit $check_rc

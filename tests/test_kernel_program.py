@@ -1,0 +1,146 @@
+"""benchmarks/kernels/flow_kernels.cu, the flow kernels' standalone timing program, run on the CPU
+through the CUDA emulation (tests/cuda_emulator): its launches, buffers, rows and dumps, and the
+dump's check against lvmfast.reference (benchmarks/check_kernel_dump.py) for the default build and
+for the tuning variants benchmarks/gpu_kernels.sh times on a GPU. Its timings here mean nothing."""
+from __future__ import annotations
+
+import array
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PROGRAM = ROOT / "benchmarks" / "kernels" / "flow_kernels.cu"
+FAMILIES = ["sylvester", "orthogonal", "householder"]
+CASES = 10  # 3 Sylvester kinds, Björck, Householder; forward and backward each
+
+# the variants of benchmarks/gpu_kernels.sh (their -D constants), each compiled and checked here
+VARIANTS = {
+    "default": (),
+    "bj128x4": ("LVMFAST_BJORCK_BACKWARD_THREADS=128", "LVMFAST_BJORCK_BLOCKS_PER_SM=4"),
+    "sy256": ("LVMFAST_SYLVESTER_THREADS=256", "LVMFAST_SYLVESTER_MIN_BLOCKS=5",
+              "LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4"),
+    "sy64": ("LVMFAST_SYLVESTER_THREADS=64", "LVMFAST_SYLVESTER_MIN_BLOCKS=16",
+             "LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16"),
+}
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build_dir() -> pathlib.Path:
+    base = os.environ.get("LVMFAST_EMULATOR_BUILD", pathlib.Path.home() / ".cache/lvmfast_emulator")
+    return pathlib.Path(base) / "flow_kernels"
+
+
+@pytest.fixture(scope="module")
+def programs():
+    """Builds each variant once per module, on demand."""
+    from cuda_emulator import build
+
+    built = {}
+
+    def get(variant: str) -> pathlib.Path:
+        if variant not in built:
+            out = _build_dir() / variant / "flow_kernels"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            built[variant] = build.build_program(PROGRAM, FAMILIES, out, VARIANTS[variant])
+        return built[variant]
+
+    return get
+
+
+def _run(program: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(program), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_kernel_matches_the_reference(programs, variant, tmp_path):
+    run = _run(programs(variant), "--tiny", "--once", "--dump", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    results = _module("check_kernel_dump").check(tmp_path)
+    # every output of every case: Sylvester triangular 2 + 4, orthogonal and Householder kinds
+    # 2 + 5 each, Björck 1 + 1, householder_flow 1 + 2
+    assert len(results) == 6 + 7 + 7 + 2 + 3
+    assert all(r.startswith("ok") for r in results), "\n".join(results)
+
+
+def test_rows_cover_every_case_and_scale(programs, tmp_path):
+    run = _run(programs("default"), "--tiny", "--reps", "3", "--launches", "1", "--cold-mb", "1",
+               "--scales", "1,3", "--variant", "name")
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(rows) == 2 * CASES
+    batch = lambda r: r.get("N", r.get("B"))  # noqa: E731
+    for small, large in zip(rows[:CASES], rows[CASES:]):
+        assert (small["op"], small["shape"], small["mode"]) == (large["op"], large["shape"], large["mode"])
+        assert batch(large) == 3 * batch(small)
+    assert {(r["op"], r["mode"]) for r in rows} == {
+        (op, mode) for op in ("sylvester_flow", "bjorck_orthonormalize", "householder_flow")
+        for mode in ("fwd", "bwd")}
+    for r in rows:
+        assert r["variant"] == "name"
+        assert 0 < r["warm_p20_s"] <= r["warm_s"] <= r["warm_p80_s"]
+        assert 0 < r["cold_p20_s"] <= r["cold_s"] <= r["cold_p80_s"]
+        # enough sets to pass --cold-mb, at least two
+        assert r["cold_sets"] >= 2 and r["cold_sets"] * r["set_bytes"] >= 1 << 20
+        assert math.isfinite(r["checksum"]) and r["abs_checksum"] > 0
+
+    # floors.py's table of these rows: a row each, and the slope over the two scales per case
+    floors = _module("floors")
+    path = tmp_path / "rows.jsonl"
+    path.write_text(run.stdout)
+    ceilings = tmp_path / "ceilings.json"
+    ceilings.write_text(json.dumps({"gpu": "test", "copy_bytes_per_s": 3e12, "fp32_flops_per_s": 5e13}))
+    table = floors.kernels_table(str(ceilings), [str(path)]).splitlines()
+    body = [line for line in table if line.startswith("| name |")]
+    assert len(body) == 2 * CASES + CASES
+
+
+def test_floors_of_a_launch_split_forward_and_backward():
+    floors = _module("floors")
+    row = {"op": "householder_flow", "B": 8192, "T": 10, "L": 64}
+    fwd = floors.launch_work({**row, "mode": "fwd"})
+    bwd = floors.launch_work({**row, "mode": "bwd"})
+    both = floors.work({**row, "mode": "fwd+bwd"})
+    assert fwd == floors.work({**row, "mode": "fwd"})
+    assert (fwd[0] + bwd[0], fwd[1] + bwd[1]) == both
+    # floors.py's backward: reads z, v, out and grad, writes grad_z and grad_v: 4 B L + 2 B T L floats
+    assert bwd[0] == 4 * (4 * 8192 * 64 + 2 * 8192 * 10 * 64)
+
+
+def test_the_check_fails_a_wrong_or_unwritten_output(programs, tmp_path):
+    run = _run(programs("default"), "--tiny", "--once", "--dump", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    check = _module("check_kernel_dump").check
+    target = tmp_path / "sylvester_flow-orthogonal-bwd.grad_q.f32"
+    good = array.array("f", target.read_bytes())
+    wrong = array.array("f", good)
+    wrong[17] += 1e-2 * max(abs(x) for x in good)  # one element off by 1% of the largest
+    target.write_bytes(wrong.tobytes())
+    failed = [r for r in check(tmp_path) if r.startswith("FAIL")]
+    assert len(failed) == 1 and "sylvester_flow-orthogonal-bwd.grad_q" in failed[0]
+    wrong = array.array("f", good)
+    wrong[-1] = float("nan")  # what the program leaves in an element no kernel wrote
+    target.write_bytes(wrong.tobytes())
+    failed = [r for r in check(tmp_path) if r.startswith("FAIL")]
+    assert len(failed) == 1 and "grad_q" in failed[0]
+
+
+@pytest.mark.parametrize("args", [["--scales", "0"], ["--scales", "1,x"], ["--bogus"], ["--reps"]])
+def test_bad_arguments_exit_with_usage(programs, args):
+    run = _run(programs("default"), *args)
+    assert run.returncode == 2
+    assert "usage" in run.stderr or "bad list" in run.stderr
