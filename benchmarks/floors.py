@@ -166,6 +166,8 @@ def kernels_table(ceil_path: str, row_paths: list[str]) -> str:
     with open(ceil_path) as f:
         ceil = json.load(f)
     rows = [json.loads(line) for p in row_paths for line in open(p) if line.startswith("{")]
+    steps = [r for r in rows if r["mode"] == "steps"]
+    rows = [r for r in rows if r["mode"] != "steps"]
     bw, rate = ceil["copy_bytes_per_s"], ceil["fp32_flops_per_s"]
     key = lambda r: (r["op"], r["shape"], r["mode"])  # noqa: E731
     default = {key(r) + (_batch(r),): r for r in rows if r["variant"] == "default"}
@@ -216,6 +218,11 @@ def kernels_table(ceil_path: str, row_paths: list[str]) -> str:
                   "cost a launch (intercept).", "",
                   "| build | op | shape | mode | batches | ns / sample | floor ns / sample | "
                   "slope / floor | intercept us |", "|---|---|---|---|---|---|---|---|---|"] + scaling
+    for r in steps:
+        hist = {k: n for k, n in enumerate(r["steps_histogram"]) if n}
+        lines += ["", f"Björck forward, build {r['variant']}: steps a matrix took on this GPU (N = {r['N']}): "
+                  f"mean {r['mean_steps']:.2f}, {hist} (steps: count); the floors assume "
+                  f"{_bjorck_steps(r['N'], 64, 32)} for every matrix (a float32 torch loop on the CPU)."]
     return "\n".join(lines)
 
 

@@ -82,7 +82,11 @@ def test_rows_cover_every_case_and_scale(programs, tmp_path):
                "--scales", "1,3", "--variant", "name")
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines()]
-    assert len(rows) == 2 * CASES
+    assert len(rows) == 2 * CASES + 1
+    # last, the steps each Björck matrix took at the first scale (3 matrices with --tiny)
+    steps = rows.pop()
+    assert steps["mode"] == "steps" and steps["N"] == 3 and sum(steps["steps_histogram"]) == 3
+    assert 5 <= steps["mean_steps"] <= 30  # these inputs need about a dozen steps
     batch = lambda r: r.get("N", r.get("B"))  # noqa: E731
     for small, large in zip(rows[:CASES], rows[CASES:]):
         assert (small["op"], small["shape"], small["mode"]) == (large["op"], large["shape"], large["mode"])
@@ -107,6 +111,7 @@ def test_rows_cover_every_case_and_scale(programs, tmp_path):
     table = floors.kernels_table(str(ceilings), [str(path)]).splitlines()
     body = [line for line in table if line.startswith("| name |")]
     assert len(body) == 2 * CASES + CASES
+    assert sum("steps a matrix took" in line for line in table) == 1
 
 
 def test_floors_of_a_launch_split_forward_and_backward():

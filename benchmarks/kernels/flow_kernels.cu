@@ -16,6 +16,7 @@
 //           DRAM. p20/p80 of each.
 //   checksum, abs_checksum: sums of the outputs of one launch, to compare builds (whose rounding
 //           may differ); outputs start as NaN, so an element left unwritten shows.
+// A last row gives the steps the Björck forward took per matrix at the first scale (histogram).
 // --once: each kernel launched once at the first scale, nothing timed (for ncu).
 // --dump DIR: also writes each case's inputs and outputs of that launch to DIR (raw float32,
 //           DIR/<case>.<tensor>.f32, shapes in DIR/manifest.jsonl) for a check against
@@ -39,11 +40,12 @@
 
 namespace k = lvmfast::kernels;
 
-#define CHECK(call)                                                                        \
+// Variadic, so that a call with template arguments (a comma) passes whole.
+#define CHECK(...)                                                                         \
   do {                                                                                     \
-    const cudaError_t err_ = (call);                                                       \
+    const cudaError_t err_ = (__VA_ARGS__);                                                \
     if (err_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                   \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #__VA_ARGS__,            \
                    cudaGetErrorString(err_));                                              \
       std::exit(1);                                                                        \
     }                                                                                      \
@@ -278,9 +280,7 @@ Case householder_case(bool backward, int64_t B) {
       };
     } else {
       const Tensor out = output("out", {B, L}), g = normal("grad", {B, L}, 1.f);
-      const cudaError_t made = k::householder_forward<float, float>(z.p, v.p, out.p, B, T, L, false,
-                                                                    work, nullptr);
-      CHECK(made);
+      CHECK(k::householder_forward<float, float>(z.p, v.p, out.p, B, T, L, false, work, nullptr));
       s.inputs = {out, v, g};
       const Tensor gz = output("grad_z", {B, L}), gv = output("grad_v", {B, T, L});
       s.outputs = {gz, gv};
@@ -298,43 +298,6 @@ void release(Set& s) {
   for (auto& t : s.inputs) CHECK(cudaFree(t.p));
   for (auto& t : s.outputs) CHECK(cudaFree(t.p));
   if (s.workspace) CHECK(cudaFree(s.workspace));
-}
-
-struct Stats {
-  double median, p20, p80;
-};
-
-Stats stats(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  auto at = [&](double f) { return v[std::min(v.size() - 1, size_t(f * (v.size() - 1) + 0.5))]; };
-  return {at(0.5), at(0.2), at(0.8)};
-}
-
-// Seconds a launch: opts.reps timings of opts.launches_per_rep launches each, cycling over the
-// first `use` sets (one: the same buffers every launch).
-Stats time_launches(std::vector<Set>& sets, size_t use, const Options& opts, cudaStream_t st) {
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
-  for (size_t i = 0; i < 3; ++i) CHECK(sets[i % use].launch(st));  // warm-up
-  CHECK(cudaStreamSynchronize(st));
-  std::vector<double> per_launch;
-  size_t next = 0;
-  for (int r = 0; r < opts.reps; ++r) {
-    CHECK(cudaEventRecord(start, st));
-    for (int l = 0; l < opts.launches_per_rep; ++l) {
-      CHECK(sets[next].launch(st));
-      next = (next + 1) % use;
-    }
-    CHECK(cudaEventRecord(stop, st));
-    CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, start, stop));
-    per_launch.push_back(ms / 1e3 / opts.launches_per_rep);
-  }
-  CHECK(cudaEventDestroy(start));
-  CHECK(cudaEventDestroy(stop));
-  return stats(per_launch);
 }
 
 std::vector<float> download(const Tensor& t) {
@@ -379,6 +342,68 @@ void dump(const std::string& dir, const Case& c, const Set& s) {
   }
   std::fprintf(manifest, "}}\n");
   std::fclose(manifest);
+}
+
+// Steps the Björck forward takes per matrix on this device: a matrix that stops after k steps
+// gives the same output bit for bit with max_steps >= k, so k is the least max_steps whose output
+// equals that of max_steps = 30. floors.py assumes the count of a float32 torch loop on the CPU.
+std::vector<int> bjorck_steps(int64_t N, const Device& dev, cudaStream_t st) {
+  const int64_t D = 64, M = 32, max_steps = 30;
+  Case c = bjorck_case(false, N, dev);
+  Set s = c.make_set();
+  CHECK(s.launch(st));
+  CHECK(cudaStreamSynchronize(st));
+  const std::vector<float> full = download(s.outputs[0]);
+  std::vector<int> steps(N, int(max_steps));
+  const int blocks = k::bjorck_forward_blocks(N, D, M, sizeof(float), dev.max_smem, dev.sms);
+  for (int64_t limit = max_steps - 1; limit >= 0; --limit) {
+    CHECK(k::bjorck_forward<float, float>(s.inputs[0].p, s.outputs[0].p, N, D, M, limit, 1e-6,
+                                          blocks, s.workspace, dev.max_smem, st));
+    CHECK(cudaStreamSynchronize(st));
+    const std::vector<float> out = download(s.outputs[0]);
+    for (int64_t m = 0; m < N; ++m)
+      if (std::memcmp(&out[m * D * M], &full[m * D * M], D * M * sizeof(float)) == 0)
+        steps[m] = int(limit);
+  }
+  release(s);
+  return steps;
+}
+
+struct Stats {
+  double median, p20, p80;
+};
+
+Stats stats(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  auto at = [&](double f) { return v[std::min(v.size() - 1, size_t(f * (v.size() - 1) + 0.5))]; };
+  return {at(0.5), at(0.2), at(0.8)};
+}
+
+// Seconds a launch: opts.reps timings of opts.launches_per_rep launches each, cycling over the
+// first `use` sets (one: the same buffers every launch).
+Stats time_launches(std::vector<Set>& sets, size_t use, const Options& opts, cudaStream_t st) {
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  for (size_t i = 0; i < 3; ++i) CHECK(sets[i % use].launch(st));  // warm-up
+  CHECK(cudaStreamSynchronize(st));
+  std::vector<double> per_launch;
+  size_t next = 0;
+  for (int r = 0; r < opts.reps; ++r) {
+    CHECK(cudaEventRecord(start, st));
+    for (int l = 0; l < opts.launches_per_rep; ++l) {
+      CHECK(sets[next].launch(st));
+      next = (next + 1) % use;
+    }
+    CHECK(cudaEventRecord(stop, st));
+    CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, start, stop));
+    per_launch.push_back(ms / 1e3 / opts.launches_per_rep);
+  }
+  CHECK(cudaEventDestroy(start));
+  CHECK(cudaEventDestroy(stop));
+  return stats(per_launch);
 }
 
 std::vector<int> parse_list(const char* text) {
@@ -475,6 +500,17 @@ int main(int argc, char** argv) {
       }
       for (Set& s : sets) release(s);
     }
+  }
+  if (!opts.once) {
+    const std::vector<int> steps = bjorck_steps(bjorck_n * scales[0], dev, st);
+    std::vector<int> hist(31, 0);
+    double mean = 0;
+    for (int k : steps) ++hist[k], mean += double(k) / steps.size();
+    std::string counts;
+    for (int c : hist) counts += (counts.empty() ? "" : ", ") + std::to_string(c);
+    std::printf("{\"variant\": \"%s\", \"op\": \"bjorck_orthonormalize\", \"mode\": \"steps\", "
+                "\"N\": %lld, \"mean_steps\": %.3f, \"steps_histogram\": [%s]}\n",
+                opts.variant.c_str(), static_cast<long long>(steps.size()), mean, counts.c_str());
   }
   CHECK(cudaStreamDestroy(st));
   return 0;

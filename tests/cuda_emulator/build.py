@@ -129,5 +129,7 @@ def build_program(source: Path, families: list[str], output: Path, defines: tupl
     _write(program, rewrite_kernel(source.read_text()))
     cmd = ["g++", "-std=c++17", "-O1", "-DLVMFAST_CUDA_EMULATOR", f"-I{INCLUDE}",
            *(f"-D{d}" for d in defines), *map(str, sources + [program]), "-o", str(output)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}")
     return output
