@@ -15,14 +15,20 @@ started=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
 ARCH="${ARCH:-sm_90}"
 SCALES="${SCALES:-1,4}"
-# Hypotheses (benchmarks/results/gpu-h100-2026-11-26-session5.md): the Björck backward re-runs
-# the forward on 128 of its 256 threads, 2 blocks an SM, so a quarter of the forward kernel's
-# threads an SM; the one-wave Sylvester kernels may be bound by a sample's serial latency
-# (more threads a sample) or by the loads (threads do not matter).
+# Hypotheses (benchmarks/results/gpu-h100-2026-11-26-session5.md):
+#  bj*: the Björck backward re-runs the forward on 128 of its 256 threads at 2 blocks an SM, a
+#       quarter of the forward kernel's threads an SM; 128-thread blocks, 4 an SM, double that.
+#  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
+#       threads a sample help) or by the loads (then the thread count does not matter).
+#  sypipe*: in one wave every block loads, then every block computes, and nothing overlaps;
+#       fewer blocks, each loading its next sample while it computes the current one.
+# (tests/test_kernel_program.py checks each of these builds on the CPU emulation.)
 VARIANTS="${VARIANTS:-bj128x4:-DLVMFAST_BJORCK_BACKWARD_THREADS=128 -DLVMFAST_BJORCK_BLOCKS_PER_SM=4;\
 bj256x3:-DLVMFAST_BJORCK_BLOCKS_PER_SM=3;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
-sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16}"
+sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
+sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
+sypipe2:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=2 -DLVMFAST_SYLVESTER_MIN_BLOCKS=2 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=2}"
 BUILD=/tmp/flow-kernels
 rm -rf "$BUILD"
 mkdir -p "$BUILD"

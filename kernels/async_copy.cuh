@@ -27,5 +27,19 @@ __device__ __forceinline__ void wait_async_copies() {
 #endif
 }
 
+// Closes the copies issued since the last commit into a group, and waits until at most the
+// latest group is in flight: a sample's copies land while the next sample's, issued after them,
+// keep going (double buffering). No-ops where copy_async is a plain copy.
+__device__ __forceinline__ void commit_async_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_async_copies_but_latest() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+#endif
+}
+
 }  // namespace kernels
 }  // namespace lvmfast

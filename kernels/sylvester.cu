@@ -43,7 +43,9 @@
 // With the row groups, the shared triangle array and the asynchronous copies: 2.1-4.0x fwd+bwd,
 // 2.7-5.4x forward alone (the orthogonal kind the farthest). Then (not yet run on a GPU): z, b and
 // grad_out staged with the matrices, which had each cost a memory latency after the wait, and
-// Q^T v split over the block (at M = 32 a quarter of it had run the 64-long dots).
+// Q^T v split over the block (at M = 32 a quarter of it had run the 64-long dots). Also not yet
+// run: the tuning constants below can be overridden with -D, and one such build double-buffers
+// the staging (LVMFAST_SYLVESTER_PIPELINE_BLOCKS), for benchmarks/gpu_kernels.sh to time.
 #include "async_copy.cuh"
 #include "convert.cuh"
 #include "launch.cuh"
@@ -78,6 +80,13 @@ constexpr int kWarps = kThreads / 32;
 // spilling; the backward spills there, and gets 8 (64 registers).
 constexpr int kMinBlocksPerSm = LVMFAST_SYLVESTER_MIN_BLOCKS;
 constexpr int kMinBackwardBlocksPerSm = LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS;
+// Double-buffered staging (off by default; benchmarks/gpu_kernels.sh times it): fewer blocks, each
+// walking several samples and loading the next one's matrices while it computes the current one,
+// instead of one wave of blocks that all load and then all compute.
+#ifndef LVMFAST_SYLVESTER_PIPELINE_BLOCKS
+#define LVMFAST_SYLVESTER_PIPELINE_BLOCKS 0
+#endif
+constexpr int kPipelineBlocksPerSm = LVMFAST_SYLVESTER_PIPELINE_BLOCKS;  // 0: off
 // Staged kernels only up to this much shared memory a block: two blocks still fit on an SM.
 constexpr size_t kStagedSmemLimit = 96 * 1024;
 
@@ -416,36 +425,61 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
   }
 }
 
-template <typename scalar_t, typename acc_t, bool kStaged>
+// kBuffers = 2 (staged only): double-buffered staging, the next sample's copies issued before
+// the current sample's computation (kPipelineBlocksPerSm).
+template <typename scalar_t, typename acc_t, bool kStaged, int kBuffers>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     forward_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ r1,
                    const scalar_t* __restrict__ r2, const scalar_t* __restrict__ b,
                    const scalar_t* __restrict__ q, scalar_t* __restrict__ out,
                    scalar_t* __restrict__ logdet, SylvesterDims p) {
+  static_assert(kBuffers == 1 || (kBuffers == 2 && kStaged), "double buffers are staged ones");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ acc_t warp_logdet[kWarps];
-  acc_t* vectors = reinterpret_cast<acc_t*>(smem_raw);
-  const Staged<acc_t> staged = staged_layout(vectors + forward_vector_elements(p), p);
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const int64_t per_buffer = forward_vector_elements(p) + (kStaged ? staged_elements(p) : 0);
   const int tid = threadIdx.x;
-  for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x) {
-    const scalar_t* R1 = r1 + n * p.r1_bs;
-    const scalar_t* R2 = r2 + n * p.r2_bs;
+  // Issues the copies of sample n into buffer k; `first`: the buffer's first sample (a shared
+  // parameter is staged once per buffer).
+  auto issue = [&](int64_t n, int k, bool first) {
+    acc_t* vectors = smem + k * per_buffer;
+    const int D = static_cast<int>(p.D), M = static_cast<int>(p.M);
+    stage(staged_layout(vectors + forward_vector_elements(p), p), r1 + n * p.r1_bs,
+          r2 + n * p.r2_bs, p.qkind == 2 ? q + n * p.q_bs : nullptr, p, first, tid);
+    stage_vector(vectors, z + n * p.D, D, tid);
+    if (first || p.b_bs != 0) stage_vector(vectors + forward_bias_offset(p), b + n * p.b_bs, M, tid);
+  };
+  if constexpr (kBuffers == 2) {
+    if (blockIdx.x < p.B) issue(blockIdx.x, 0, true);
+    commit_async_copies();
+  }
+  int64_t i = 0;
+  for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x, ++i) {
+    const int k = kBuffers == 2 ? static_cast<int>(i & 1) : 0;
+    acc_t* vectors = smem + k * per_buffer;
     const scalar_t* bn = b + n * p.b_bs;
-    const scalar_t* Q = p.qkind == 2 ? q + n * p.q_bs : nullptr;
     if constexpr (kStaged) {
+      if constexpr (kBuffers == 1) {
+        issue(n, 0, i == 0);
+        wait_async_copies();
+      } else if (n + gridDim.x < p.B) {
+        // the other buffer's last reader finished at the previous iteration's final barrier
+        issue(n + gridDim.x, k ^ 1, i == 0);
+        commit_async_copies();
+        wait_async_copies_but_latest();
+      } else {
+        wait_async_copies();
+      }
       // forward_sample's first barrier orders these copies before their use
-      const int D = static_cast<int>(p.D), M = static_cast<int>(p.M);
-      stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
-      stage_vector(vectors, z + n * p.D, D, tid);
-      if (n == blockIdx.x || p.b_bs != 0) stage_vector(vectors + forward_bias_offset(p), bn, M, tid);
-      wait_async_copies();
-      forward_sample<true, int>(z + n * p.D, staged, bn, out + n * p.D, logdet + n, vectors,
-                                warp_logdet, p, tid);
+      forward_sample<true, int>(z + n * p.D, staged_layout(vectors + forward_vector_elements(p), p),
+                                bn, out + n * p.D, logdet + n, vectors, warp_logdet, p, tid);
     } else {
-      forward_sample<false, int64_t>(z + n * p.D, global_views(R1, R2, Q, p), bn, out + n * p.D,
-                                     logdet + n, vectors, warp_logdet, p, tid);
+      forward_sample<false, int64_t>(
+          z + n * p.D,
+          global_views(r1 + n * p.r1_bs, r2 + n * p.r2_bs, p.qkind == 2 ? q + n * p.q_bs : nullptr, p),
+          bn, out + n * p.D, logdet + n, vectors, warp_logdet, p, tid);
     }
-    __syncthreads();  // the next sample's copies overwrite what this one read
+    __syncthreads();  // a later sample's copies overwrite what this one read
   }
 }
 
@@ -557,7 +591,8 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   __syncthreads();
 }
 
-template <typename scalar_t, typename acc_t, bool kStaged>
+// kBuffers: as forward_kernel's.
+template <typename scalar_t, typename acc_t, bool kStaged, int kBuffers>
 __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
     backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ grad_logdet,
                     const scalar_t* __restrict__ z, const scalar_t* __restrict__ r1,
@@ -566,11 +601,12 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
                     scalar_t* __restrict__ grad_r1, scalar_t* __restrict__ grad_r2,
                     scalar_t* __restrict__ grad_b, scalar_t* __restrict__ grad_q,
                     acc_t* __restrict__ workspace, int64_t shared_size, SylvesterDims p) {
+  static_assert(kBuffers == 1 || (kBuffers == 2 && kStaged), "double buffers are staged ones");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t D = p.D, M = p.M, MM = M * M;
   const bool dense = p.qkind == 2;
-  acc_t* vectors = reinterpret_cast<acc_t*>(smem_raw);
-  const Staged<acc_t> staged = staged_layout(vectors + backward_vector_elements(p), p);
+  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const int64_t per_buffer = backward_vector_elements(p) + (kStaged ? staged_elements(p) : 0);
   // This block's slices of the shared parameters' gradient sums (nullptr: amortized).
   acc_t* slice = workspace == nullptr ? nullptr : workspace + blockIdx.x * shared_size;
   SampleGrads<scalar_t, acc_t> out{};
@@ -579,11 +615,25 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
   if (p.b_bs == 0) out.ws_b = slice, slice += M;
   if (dense && p.q_bs == 0) out.ws_q = slice;
   const int tid = threadIdx.x;
-  for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x) {
-    const scalar_t* R1 = r1 + n * p.r1_bs;
-    const scalar_t* R2 = r2 + n * p.r2_bs;
+  // Issues the copies of sample n into buffer k (`first`: as in forward_kernel).
+  auto issue = [&](int64_t n, int k, bool first) {
+    acc_t* vectors = smem + k * per_buffer;
+    const int Di = static_cast<int>(D), Mi = static_cast<int>(M);
+    stage(staged_layout(vectors + backward_vector_elements(p), p), r1 + n * p.r1_bs,
+          r2 + n * p.r2_bs, dense ? q + n * p.q_bs : nullptr, p, first, tid);
+    stage_vector(vectors, z + n * D, Di, tid);
+    stage_vector(vectors + Di, grad_out + n * D, Di, tid);
+    if (first || p.b_bs != 0) stage_vector(vectors + backward_bias_offset(p), b + n * p.b_bs, Mi, tid);
+  };
+  if constexpr (kBuffers == 2) {
+    if (blockIdx.x < p.B) issue(blockIdx.x, 0, true);
+    commit_async_copies();
+  }
+  int64_t i = 0;
+  for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x, ++i) {
+    const int k = kBuffers == 2 ? static_cast<int>(i & 1) : 0;
+    acc_t* vectors = smem + k * per_buffer;
     const scalar_t* bn = b + n * p.b_bs;
-    const scalar_t* Q = dense ? q + n * p.q_bs : nullptr;
     out.z = grad_z + n * D;
     out.r1 = out.ws_r1 != nullptr ? nullptr : grad_r1 + n * MM;
     out.r2 = out.ws_r2 != nullptr ? nullptr : grad_r2 + n * MM;
@@ -591,19 +641,27 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
     out.q = !dense || out.ws_q != nullptr ? nullptr : grad_q + n * D * M;
     const acc_t gl = load<acc_t>(grad_logdet, n);
     if constexpr (kStaged) {
+      if constexpr (kBuffers == 1) {
+        issue(n, 0, i == 0);
+        wait_async_copies();
+      } else if (n + gridDim.x < p.B) {
+        // the other buffer's last reader finished at the previous sample's final barrier
+        issue(n + gridDim.x, k ^ 1, i == 0);
+        commit_async_copies();
+        wait_async_copies_but_latest();
+      } else {
+        wait_async_copies();
+      }
       // backward_sample's first barrier orders these copies before their use, and its last
       // one their reuse
-      const int Di = static_cast<int>(D), Mi = static_cast<int>(M);
-      stage(staged, R1, R2, Q, p, n == blockIdx.x, tid);
-      stage_vector(vectors, z + n * D, Di, tid);
-      stage_vector(vectors + Di, grad_out + n * D, Di, tid);
-      if (n == blockIdx.x || p.b_bs != 0) stage_vector(vectors + backward_bias_offset(p), bn, Mi, tid);
-      wait_async_copies();
-      backward_sample<true, int>(grad_out + n * D, gl, z + n * D, staged, bn, out, vectors, p,
-                                 tid);
+      backward_sample<true, int>(grad_out + n * D, gl, z + n * D,
+                                 staged_layout(vectors + backward_vector_elements(p), p), bn, out,
+                                 vectors, p, tid);
     } else {
-      backward_sample<false, int64_t>(grad_out + n * D, gl, z + n * D,
-                                      global_views(R1, R2, Q, p), bn, out, vectors, p, tid);
+      backward_sample<false, int64_t>(
+          grad_out + n * D, gl, z + n * D,
+          global_views(r1 + n * p.r1_bs, r2 + n * p.r2_bs, dense ? q + n * p.q_bs : nullptr, p),
+          bn, out, vectors, p, tid);
     }
   }
 }
@@ -616,7 +674,7 @@ int grid_size(int64_t B, int per_sm, int num_sms) {
 }  // namespace
 
 int sylvester_backward_blocks(int64_t B, bool any_shared, int num_sms) {
-  return grid_size(B, any_shared ? 2 : 16, num_sms);
+  return grid_size(B, any_shared ? 2 : (kPipelineBlocksPerSm > 0 ? kPipelineBlocksPerSm : 16), num_sms);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -627,13 +685,19 @@ cudaError_t sylvester_forward(const scalar_t* z, const scalar_t* r1, const scala
   if (dims.B == 0) return cudaSuccess;
   const size_t vectors = size_t(forward_vector_elements(dims)) * sizeof(acc_t);
   const size_t staged = vectors + size_t(staged_elements(dims)) * sizeof(acc_t);
+  if constexpr (kPipelineBlocksPerSm > 0) {
+    if (2 * staged <= kStagedSmemLimit)
+      return launch_with_smem(forward_kernel<scalar_t, acc_t, true, 2>,
+                              grid_size(dims.B, kPipelineBlocksPerSm, num_sms), kThreads, 2 * staged,
+                              stream, z, r1, r2, b, q, out, logdet, dims);
+  }
   const int blocks = grid_size(dims.B, 16, num_sms);
   if (staged <= kStagedSmemLimit) {
-    return launch_with_smem(forward_kernel<scalar_t, acc_t, true>, blocks, kThreads, staged, stream, z, r1, r2, b, q,
-                  out, logdet, dims);
+    return launch_with_smem(forward_kernel<scalar_t, acc_t, true, 1>, blocks, kThreads, staged,
+                            stream, z, r1, r2, b, q, out, logdet, dims);
   }
-  return launch_with_smem(forward_kernel<scalar_t, acc_t, false>, blocks, kThreads, vectors, stream, z, r1, r2, b, q,
-                out, logdet, dims);
+  return launch_with_smem(forward_kernel<scalar_t, acc_t, false, 1>, blocks, kThreads, vectors,
+                          stream, z, r1, r2, b, q, out, logdet, dims);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -647,14 +711,20 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
   const size_t vectors = size_t(backward_vector_elements(dims)) * sizeof(acc_t);
   const size_t staged = vectors + size_t(staged_elements(dims)) * sizeof(acc_t);
   acc_t* slices = shared_size > 0 ? workspace : nullptr;
-  if (staged <= kStagedSmemLimit) {
-    return launch_with_smem(backward_kernel<scalar_t, acc_t, true>, blocks, kThreads, staged, stream, grad_out,
-                  grad_logdet, z, r1, r2, b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices,
-                  shared_size, dims);
+  if constexpr (kPipelineBlocksPerSm > 0) {
+    if (2 * staged <= kStagedSmemLimit)
+      return launch_with_smem(backward_kernel<scalar_t, acc_t, true, 2>, blocks, kThreads,
+                              2 * staged, stream, grad_out, grad_logdet, z, r1, r2, b, q, grad_z,
+                              grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims);
   }
-  return launch_with_smem(backward_kernel<scalar_t, acc_t, false>, blocks, kThreads, vectors, stream, grad_out,
-                grad_logdet, z, r1, r2, b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices,
-                shared_size, dims);
+  if (staged <= kStagedSmemLimit) {
+    return launch_with_smem(backward_kernel<scalar_t, acc_t, true, 1>, blocks, kThreads, staged,
+                            stream, grad_out, grad_logdet, z, r1, r2, b, q, grad_z, grad_r1,
+                            grad_r2, grad_b, grad_q, slices, shared_size, dims);
+  }
+  return launch_with_smem(backward_kernel<scalar_t, acc_t, false, 1>, blocks, kThreads, vectors,
+                          stream, grad_out, grad_logdet, z, r1, r2, b, q, grad_z, grad_r1, grad_r2,
+                          grad_b, grad_q, slices, shared_size, dims);
 }
 
 #define LVMFAST_INSTANTIATE(scalar_t, acc_t)                                                     \

@@ -100,11 +100,16 @@ def load(families: list[str] = list(FAMILIES), verbose: bool = False):
     from torch.utils import cpp_extension
 
     name = LIBRARY if families == list(FAMILIES) else f"{LIBRARY}_{'_'.join(families)}"
-    build_dir = Path(os.environ.get("LVMFAST_EMULATOR_BUILD", Path.home() / ".cache/lvmfast_emulator")) / name
+    # LVMFAST_EMULATOR_DEFINES="X=1 Y=2": the kernels' -D tuning constants, e.g. to run the
+    # emulated tests on a variant that benchmarks/gpu_kernels.sh times (its own build folder)
+    defines = os.environ.get("LVMFAST_EMULATOR_DEFINES", "").split()
+    folder = name + "".join("-" + re.sub(r"\W", "_", d) for d in defines)
+    build_dir = Path(os.environ.get("LVMFAST_EMULATOR_BUILD", Path.home() / ".cache/lvmfast_emulator")) / folder
     sources = prepare(families, build_dir / "src")  # ninja rebuilds only what changed
     cpp_extension.load(
         name=name, sources=[str(s) for s in sources], build_directory=str(build_dir),
-        extra_include_paths=[str(INCLUDE)], extra_cflags=["-O1", "-DLVMFAST_CUDA_EMULATOR"],
+        extra_include_paths=[str(INCLUDE)],
+        extra_cflags=["-O1", "-DLVMFAST_CUDA_EMULATOR", *(f"-D{d}" for d in defines)],
         is_python_module=False, verbose=verbose)
     return getattr(__import__("torch").ops, LIBRARY)
 
