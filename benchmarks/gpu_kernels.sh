@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_kernels.sh              (from the repository root)
 # VARIANTS: "name:-DX=1 -DY=2;name2:..." (the default list is below; "default" is always built
 # first, with no -D). SCALES: batch multiples (default 1,4). NCU=0 skips the profile.
+# EMULATE=1: a rehearsal of this script on the CPU (tests/test_kernel_program.py): the programs
+# built against tests/cuda_emulator, tiny batches, stand-in ceilings, no ncu; timings meaningless.
 set -uo pipefail
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
@@ -14,6 +16,9 @@ export PATH="$PATH:/usr/local/cuda/bin" PYTHONUNBUFFERED=1
 started=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
 ARCH="${ARCH:-sm_90}"
+EMULATE="${EMULATE:-0}"
+RUN_ARGS=()
+[ "$EMULATE" = 1 ] && RUN_ARGS=(--tiny --reps 2 --launches 1 --cold-mb 1)
 SCALES="${SCALES:-1,4}"
 # Hypotheses (benchmarks/results/gpu-h100-2026-11-26-session5.md):
 #  bj*: the Björck backward re-runs the forward on 128 of its 256 threads at 2 blocks an SM, a
@@ -29,12 +34,15 @@ sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST
 sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
 sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
 sypipe2:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=2 -DLVMFAST_SYLVESTER_MIN_BLOCKS=2 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=2}"
-BUILD=/tmp/flow-kernels
+BUILD="${BUILD:-/tmp/flow-kernels}"
 rm -rf "$BUILD"
 mkdir -p "$BUILD"
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-nvcc --version | tail -1 | tee -a "$OUT/gpu.txt"
+: >"$OUT/gpu.txt"
+if [ "$EMULATE" != 1 ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+  nvcc --version | tail -1 | tee -a "$OUT/gpu.txt"
+fi
 git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/gpu.txt"
 
 # setup.py's nvcc flags and the defines torch's extension builder adds
@@ -44,6 +52,13 @@ build() {  # name, defines...
   local name=$1 dir="$BUILD/$1"
   shift
   mkdir -p "$dir"
+  if [ "$EMULATE" = 1 ]; then
+    (cd tests && python3 -c 'import sys; from pathlib import Path; from cuda_emulator import build
+build.build_program(Path("../benchmarks/kernels/flow_kernels.cu"), ["sylvester", "orthogonal", "householder"],
+                    Path(sys.argv[1]), tuple(sys.argv[2:]))' "$dir/flow_kernels" "${@#-D}") >"$OUT/ptxas-$name.txt" 2>&1 \
+      || { tail -20 "$OUT/ptxas-$name.txt"; echo "BUILD FAILED: $name"; return 1; }
+    return 0
+  fi
   local objs=()
   for family in sylvester orthogonal householder; do
     nvcc "${FLAGS[@]}" "$@" -Xptxas -v -c "kernels/$family.cu" -o "$dir/$family.o" \
@@ -81,7 +96,7 @@ check_rc=0
 for name in "${built[@]}"; do
   # every build on odd tiny batches; the default also at the benchmark's batch
   for size in tiny bench; do
-    [ "$size" = bench ] && [ "$name" != default ] && continue
+    [ "$size" = bench ] && { [ "$name" != default ] || [ "$EMULATE" = 1 ]; } && continue
     dump="$BUILD/$name/dump-$size"
     mkdir -p "$dump"
     extra=(); [ "$size" = tiny ] && extra=(--tiny)
@@ -99,17 +114,22 @@ for name in "${built[@]}"; do
 done
 
 stamp "ceilings"
-python3 benchmarks/floors.py measure "$OUT/ceilings.json" | tee -a "$OUT/gpu.txt"
+if [ "$EMULATE" = 1 ]; then
+  echo '{"gpu": "the CPU emulation (stand-in ceilings)", "copy_bytes_per_s": 1e9, "fp32_flops_per_s": 1e9}' \
+    >"$OUT/ceilings.json"
+else
+  python3 benchmarks/floors.py measure "$OUT/ceilings.json" | tee -a "$OUT/gpu.txt"
+fi
 
 stamp "timings (scales $SCALES)"
 for name in "${built[@]}"; do
-  timeout 240 "$BUILD/$name/flow_kernels" --variant "$name" --scales "$SCALES" \
+  timeout 240 "$BUILD/$name/flow_kernels" --variant "$name" --scales "$SCALES" "${RUN_ARGS[@]}" \
     >"$OUT/kernels-$name.jsonl" 2>"$OUT/kernels-$name.err" \
     || { echo "  $name: rc=$?"; tail -3 "$OUT/kernels-$name.err"; }
   stamp "  $name: $(grep -c '^{' "$OUT/kernels-$name.jsonl") rows"
 done
 
-if [ "${NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
+if [ "${NCU:-1}" != 0 ] && [ "$EMULATE" != 1 ] && command -v ncu >/dev/null; then
   stamp "ncu (default build, benchmark shapes, each flow kernel once)"
   # --clock-control none: the clocks the timings above ran at
   timeout 300 ncu --clock-control none --kernel-name regex:"forward|backward" \

@@ -154,3 +154,21 @@ def test_bad_arguments_exit_with_usage(programs, args):
     run = _run(programs("default"), *args)
     assert run.returncode == 2
     assert "usage" in run.stderr or "bad list" in run.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_kernels_script_rehearses_on_the_emulation(tmp_path):
+    """benchmarks/gpu_kernels.sh end to end with EMULATE=1: builds, checks, timings and tables
+    (everything but nvcc, the ceilings and ncu), so that a GPU call does not find its bugs."""
+    env = {**os.environ, "EMULATE": "1", "OUT": str(tmp_path / "out"), "BUILD": str(tmp_path / "build"),
+           "SCALES": "1,2", "LVMFAST_EMULATED_SMS": "2",
+           "VARIANTS": "sypipe:" + " ".join(f"-D{d}" for d in VARIANTS["sypipe"])}
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_kernels.sh")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.count("all outputs within tolerance") == 2  # default and sypipe, tiny
+    table = (tmp_path / "out" / "kernels-table.md").read_text()
+    for build in ("default", "sypipe"):
+        # one row a case and scale, one slope a case, one line of Björck steps
+        assert sum(line.startswith(f"| {build} |") for line in table.splitlines()) == 3 * CASES
+        assert f"build {build}: steps a matrix took" in table
