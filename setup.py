@@ -45,6 +45,9 @@ def extension_and_cmdclass():
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("kernels/*.cu"))
         nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-DNDEBUG"]
+        # LVMFAST_CUDA_DEFINES="X=1 Y=2": the kernels' -D tuning constants (kernels/*.cu), e.g. a
+        # variant that benchmarks/gpu_kernels.sh timed, for benchmarks/gpu_check.sh to test
+        nvcc += [f"-D{d}" for d in os.environ.get("LVMFAST_CUDA_DEFINES", "").split()]
         ext = cpp_extension.CUDAExtension(
             "lvmfast._C", sources, extra_compile_args={"cxx": cxx + ["-DLVMFAST_WITH_CUDA"], "nvcc": nvcc},
             extra_link_args=link)

@@ -6,7 +6,8 @@
 # Limits in seconds: TEST_LIMIT_S (pytest), BENCH_LIMIT_S (each family), DEADLINE_S (no family
 # starts past it, counted from the script's start). TESTS: pytest selection (default: all of
 # `-m cuda`; `none` skips the tests). Wheels in .whl/ (carried: the device has no network) are
-# installed first, e.g. diffusers and its dependencies for the peer rows.
+# installed first, e.g. diffusers and its dependencies for the peer rows. LVMFAST_CUDA_DEFINES
+# ("X=1 Y=2") builds the kernels with those -D tuning constants (a variant of gpu_kernels.sh).
 set -uo pipefail
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
@@ -27,7 +28,8 @@ fi
 python -c "import diffusers; print('diffusers', diffusers.__version__)" 2>/dev/null | tee -a "$OUT/gpu.txt" \
   || echo "diffusers not importable: no diffusers rows" | tee -a "$OUT/gpu.txt"
 
-stamp "build"
+stamp "build${LVMFAST_CUDA_DEFINES:+ with -D ${LVMFAST_CUDA_DEFINES}}"
+echo "LVMFAST_CUDA_DEFINES=${LVMFAST_CUDA_DEFINES:-}" >>"$OUT/gpu.txt"
 if ! MAX_JOBS=16 FORCE_CUDA=1 LVMFAST_REQUIRE_EXTENSION=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
     python -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
