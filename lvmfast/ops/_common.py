@@ -13,13 +13,17 @@ def check_float(op: str, name: str, t: torch.Tensor, like: torch.Tensor | None =
     """ValueError unless `t` is a floating tensor of a supported dtype (and of `like`'s dtype)."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    allowed = FLOAT_DTYPES + (HALF_DTYPES if t.device.type == "cuda" else ())
-    if t.dtype not in allowed:
-        where = "on CUDA" if t.device.type == "cuda" else f"on {t.device.type} (half types need CUDA)"
-        raise ValueError(f"{op}: {name} must have dtype in {[str(d) for d in allowed]} {where}, "
-                         f"got {t.dtype}")
-    if like is not None and t.dtype != like.dtype:
-        raise ValueError(f"{op}: {name} must have the dtype of z ({like.dtype}), got {t.dtype}")
+    dtype = t.dtype
+    # float32 and float64 are allowed everywhere: the common case reads nothing else (every op
+    # call runs these checks, so they are kept to a few attribute reads)
+    if dtype is not torch.float32 and dtype is not torch.float64:
+        allowed = FLOAT_DTYPES + (HALF_DTYPES if t.device.type == "cuda" else ())
+        if dtype not in allowed:
+            where = "on CUDA" if t.device.type == "cuda" else f"on {t.device.type} (half types need CUDA)"
+            raise ValueError(f"{op}: {name} must have dtype in {[str(d) for d in allowed]} {where}, "
+                             f"got {dtype}")
+    if like is not None and dtype != like.dtype:
+        raise ValueError(f"{op}: {name} must have the dtype of z ({like.dtype}), got {dtype}")
 
 
 def check_shape(op: str, name: str, t: torch.Tensor, expected: Sequence[int | str]) -> None:
@@ -32,9 +36,10 @@ def check_shape(op: str, name: str, t: torch.Tensor, expected: Sequence[int | st
 
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+    devices = [t.device for t in tensors.values()]
+    first = devices[0]
+    if any(d != first for d in devices[1:]):
+        listing = ", ".join(f"{n} on {d}" for n, d in zip(tensors, devices))
         raise RuntimeError(f"{op}: all tensors must be on one device, got {listing}")
 
 
