@@ -303,16 +303,17 @@ __device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* 
     stage_pair(dst.q, Q, first || p.q_bs != 0, dst.q, Q, false, D, M, false, tid);
 }
 
-// dst[0, n) = src[0, n) in acc_t: issued with the sample's matrices (asynchronously when no
-// conversion is needed), so that z, grad_out and b arrive in the same wait as the matrices
+// dst[0, n) = src[0, n stride) in acc_t: issued with the sample's matrices (asynchronously when
+// no conversion is needed), so that z, grad_out and b arrive in the same wait as the matrices
 // instead of one memory latency each after it.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void stage_vector(acc_t* dst, const scalar_t* src, int n, int tid) {
+__device__ __forceinline__ void stage_vector(acc_t* dst, const scalar_t* src, int n, int tid,
+                                             int64_t stride = 1) {
   for (int i = tid; i < n; i += kThreads) {
     if constexpr (std::is_same<scalar_t, acc_t>::value)
-      copy_async(dst + i, src + i);
+      copy_async(dst + i, src + i * stride);
     else
-      dst[i] = load<acc_t>(src, i);
+      dst[i] = load<acc_t>(src, i * stride);
   }
 }
 
@@ -491,9 +492,11 @@ struct SampleGrads {
   acc_t *ws_r1, *ws_r2, *ws_b, *ws_q;
 };
 
+// gn: the sample's row of grad_out, its elements `g_stride` apart.
 template <bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
-__device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, const scalar_t* zn,
-                                                const Mats& mats, const scalar_t* bn,
+__device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_stride, acc_t gl,
+                                                const scalar_t* zn, const Mats& mats,
+                                                const scalar_t* bn,
                                                 const SampleGrads<scalar_t, acc_t>& out,
                                                 acc_t* vectors, const SylvesterDims& p, int tid) {
   const I D = static_cast<I>(p.D), M = static_cast<I>(p.M);
@@ -516,7 +519,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, acc_t gl, co
   if constexpr (!kStaged) {
     for (I d = tid; d < D; d += kThreads) {
       zs[d] = load<acc_t>(zn, d);
-      gs[d] = load<acc_t>(gn, d);
+      gs[d] = load<acc_t>(gn, d * g_stride);
     }
   }
   __syncthreads();
@@ -600,7 +603,8 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
                     const scalar_t* __restrict__ q, scalar_t* __restrict__ grad_z,
                     scalar_t* __restrict__ grad_r1, scalar_t* __restrict__ grad_r2,
                     scalar_t* __restrict__ grad_b, scalar_t* __restrict__ grad_q,
-                    acc_t* __restrict__ workspace, int64_t shared_size, SylvesterDims p) {
+                    acc_t* __restrict__ workspace, int64_t shared_size, SylvesterDims p,
+                    SylvesterGradStrides gst) {
   static_assert(kBuffers == 1 || (kBuffers == 2 && kStaged), "double buffers are staged ones");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t D = p.D, M = p.M, MM = M * M;
@@ -622,7 +626,7 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
     stage(staged_layout(vectors + backward_vector_elements(p), p), r1 + n * p.r1_bs,
           r2 + n * p.r2_bs, dense ? q + n * p.q_bs : nullptr, p, first, tid);
     stage_vector(vectors, z + n * D, Di, tid);
-    stage_vector(vectors + Di, grad_out + n * D, Di, tid);
+    stage_vector(vectors + Di, grad_out + n * gst.out_row, Di, tid, gst.out_col);
     if (first || p.b_bs != 0) stage_vector(vectors + backward_bias_offset(p), b + n * p.b_bs, Mi, tid);
   };
   if constexpr (kBuffers == 2) {
@@ -639,7 +643,7 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
     out.r2 = out.ws_r2 != nullptr ? nullptr : grad_r2 + n * MM;
     out.b = out.ws_b != nullptr ? nullptr : grad_b + n * M;
     out.q = !dense || out.ws_q != nullptr ? nullptr : grad_q + n * D * M;
-    const acc_t gl = load<acc_t>(grad_logdet, n);
+    const acc_t gl = load<acc_t>(grad_logdet, n * gst.logdet);
     if constexpr (kStaged) {
       if constexpr (kBuffers == 1) {
         issue(n, 0, i == 0);
@@ -654,12 +658,12 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
       }
       // backward_sample's first barrier orders these copies before their use, and its last
       // one their reuse
-      backward_sample<true, int>(grad_out + n * D, gl, z + n * D,
+      backward_sample<true, int>(grad_out + n * gst.out_row, gst.out_col, gl, z + n * D,
                                  staged_layout(vectors + backward_vector_elements(p), p), bn, out,
                                  vectors, p, tid);
     } else {
       backward_sample<false, int64_t>(
-          grad_out + n * D, gl, z + n * D,
+          grad_out + n * gst.out_row, gst.out_col, gl, z + n * D,
           global_views(r1 + n * p.r1_bs, r2 + n * p.r2_bs, dense ? q + n * p.q_bs : nullptr, p),
           bn, out, vectors, p, tid);
     }
@@ -706,7 +710,8 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
                                const scalar_t* b, const scalar_t* q, scalar_t* grad_z,
                                scalar_t* grad_r1, scalar_t* grad_r2, scalar_t* grad_b,
                                scalar_t* grad_q, acc_t* workspace, int64_t shared_size,
-                               const SylvesterDims& dims, int blocks, cudaStream_t stream) {
+                               const SylvesterDims& dims, const SylvesterGradStrides& grad_strides,
+                               int blocks, cudaStream_t stream) {
   if (dims.B == 0 || blocks <= 0) return cudaSuccess;
   const size_t vectors = size_t(backward_vector_elements(dims)) * sizeof(acc_t);
   const size_t staged = vectors + size_t(staged_elements(dims)) * sizeof(acc_t);
@@ -715,16 +720,17 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
     if (2 * staged <= kStagedSmemLimit)
       return launch_with_smem(backward_kernel<scalar_t, acc_t, true, 2>, blocks, kThreads,
                               2 * staged, stream, grad_out, grad_logdet, z, r1, r2, b, q, grad_z,
-                              grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims);
+                              grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims,
+                              grad_strides);
   }
   if (staged <= kStagedSmemLimit) {
     return launch_with_smem(backward_kernel<scalar_t, acc_t, true, 1>, blocks, kThreads, staged,
                             stream, grad_out, grad_logdet, z, r1, r2, b, q, grad_z, grad_r1,
-                            grad_r2, grad_b, grad_q, slices, shared_size, dims);
+                            grad_r2, grad_b, grad_q, slices, shared_size, dims, grad_strides);
   }
   return launch_with_smem(backward_kernel<scalar_t, acc_t, false, 1>, blocks, kThreads, vectors,
                           stream, grad_out, grad_logdet, z, r1, r2, b, q, grad_z, grad_r1, grad_r2,
-                          grad_b, grad_q, slices, shared_size, dims);
+                          grad_b, grad_q, slices, shared_size, dims, grad_strides);
 }
 
 #define LVMFAST_INSTANTIATE(scalar_t, acc_t)                                                     \
@@ -734,7 +740,7 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
   template cudaError_t sylvester_backward<scalar_t, acc_t>(                                     \
       const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*,      \
       const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, scalar_t*, scalar_t*, scalar_t*,  \
-      acc_t*, int64_t, const SylvesterDims&, int, cudaStream_t);
+      acc_t*, int64_t, const SylvesterDims&, const SylvesterGradStrides&, int, cudaStream_t);
 
 LVMFAST_INSTANTIATE(float, float)
 LVMFAST_INSTANTIATE(double, double)

@@ -4,9 +4,10 @@
 // of csrc/sylvester.h; the design and the H100 floor are described in sylvester.cu.
 //
 // Types: (scalar_t, acc_t) in {(float, float), (double, double), (__half, float),
-// (__nv_bfloat16, float)}. Every array is contiguous in scalar_t: z, out, grad_out, grad_z
-// (B, D); r1, r2 (B, M, M) or (M, M); b (B, M) or (M,); q (B, D, M) or (D, M); logdet,
-// grad_logdet (B). A shared parameter has batch stride 0. All launchers are asynchronous on
+// (__nv_bfloat16, float)}. Arrays are in scalar_t and contiguous, but for grad_out and
+// grad_logdet (SylvesterGradStrides): z, out, grad_out, grad_z (B, D); r1, r2 (B, M, M) or
+// (M, M); b (B, M) or (M,); q (B, D, M) or (D, M); logdet, grad_logdet (B). A shared parameter
+// has batch stride 0. All launchers are asynchronous on
 // `stream` (no host-device sync, CUDA-graph capturable) and return the launch's cudaError_t.
 #pragma once
 
@@ -23,6 +24,13 @@ struct SylvesterDims {
   int64_t B, D, M;
   int64_t r1_bs, r2_bs, b_bs, q_bs;  // batch strides in elements, 0 for a shared parameter
   int qkind;                         // 0: Q = I, 1: reversal permutation, 2: dense q
+};
+
+// Element strides of the backward's incoming gradients: grad_out's rows and columns, and
+// grad_logdet's. Any strides, 0 included: an expanded gradient (as autograd makes for a sum) is
+// read in place instead of being copied first.
+struct SylvesterGradStrides {
+  int64_t out_row, out_col, logdet;
 };
 
 // Thread blocks the backward launcher uses (each walks samples blockIdx.x, + gridDim.x, ...).
@@ -48,7 +56,8 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
                                const scalar_t* b, const scalar_t* q, scalar_t* grad_z,
                                scalar_t* grad_r1, scalar_t* grad_r2, scalar_t* grad_b,
                                scalar_t* grad_q, acc_t* workspace, int64_t shared_size,
-                               const SylvesterDims& dims, int blocks, cudaStream_t stream);
+                               const SylvesterDims& dims, const SylvesterGradStrides& grad_strides,
+                               int blocks, cudaStream_t stream);
 
 }  // namespace kernels
 }  // namespace lvmfast

@@ -89,3 +89,37 @@ def test_non_contiguous_inputs(emulated_cuda):
     c = run_emulated(emulated_cuda, flipped, qn, reverse, g, gl)
     for x, y in zip(a[:2] + tuple(a[2]), c[:2] + tuple(c[2])):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def _strided_grads(B, D, dtype):
+    """Incoming gradients as autograd hands them over: expanded from a sum (strides 0), a
+    transposed view, a slice with a storage offset and a stride of 3."""
+    yield "expanded", torch.randn((), dtype=dtype).expand(B, D), torch.randn((), dtype=dtype).expand(B)
+    yield "transposed", torch.randn(D, B, dtype=dtype).t(), torch.randn(B, 2, dtype=dtype)[:, 1]
+    yield "sliced", torch.randn(B, 3 * D + 1, dtype=dtype)[:, 1::3], torch.randn(3 * B, dtype=dtype)[::3]
+
+
+# (D, M): the benchmark's staged layout, and the orthogonal kind past the staging limit (global
+# memory; its triangular twin is still staged)
+@pytest.mark.parametrize("D, M", [(64, 64), (120, 112)], ids=["64x64", "120x112"])
+@pytest.mark.parametrize("kind", ["triangular", "orthogonal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_backward_reads_strided_gradients_in_place(emulated_cuda, D, M, kind, dtype):
+    """grad_out and grad_logdet of any strides give the gradients of their contiguous copies,
+    and the glue hands their strides to the kernel instead of copying them."""
+    B = 7
+    if kind == "triangular":
+        M = D
+    tensors, q, reverse = make_inputs(B, D, M, kind, dtype, "cpu", (), grad=False)
+    z, r1, r2, b = (t.contiguous() for t in tensors)  # so that only the gradients could be copied
+    q = None if q is None else q.contiguous()
+    for name, grad_out, grad_logdet in _strided_grads(B, D, dtype):
+        assert not grad_out.is_contiguous() and not grad_logdet.is_contiguous()
+        with torch.profiler.profile() as prof:
+            got = emulated_cuda.sylvester_flow_backward(grad_out, grad_logdet, z, r1, r2, b, q, reverse)
+        copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
+        assert not copies, (name, copies)
+        want = emulated_cuda.sylvester_flow_backward(grad_out.contiguous(), grad_logdet.contiguous(),
+                                                     z, r1, r2, b, q, reverse)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w), name

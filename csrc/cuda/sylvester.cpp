@@ -85,11 +85,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sylvester
   TORCH_CHECK_VALUE(grad_out.sizes() == z.sizes() && grad_logdet.dim() == 1 &&
                         grad_logdet.size(0) == s.B,
                     "sylvester_flow_backward: grad_out must have the shape of z and grad_logdet (B,)");
+  TORCH_CHECK(grad_out.device() == z.device() && grad_logdet.device() == z.device(),
+              "sylvester_flow_backward: all tensors must be on one device, got z on ", z.device(),
+              ", grad_out on ", grad_out.device(), " and grad_logdet on ", grad_logdet.device());
   const c10::cuda::CUDAGuard guard(z.device());
   const Contiguous in = contiguous_inputs(z, r1, r2, b, q);
   const auto dtype = z.scalar_type();
   const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor g = grad_out.to(dtype).contiguous(), gl = grad_logdet.to(dtype).contiguous();
+  // read in place whatever their strides (an expanded gradient from a sum is not copied)
+  const at::Tensor g = grad_out.to(dtype), gl = grad_logdet.to(dtype);
+  const kernels::SylvesterGradStrides grad_strides{g.stride(0), g.stride(1), gl.stride(0)};
   const bool sh_r1 = in.r1.dim() == 2, sh_r2 = in.r2.dim() == 2, sh_b = in.b.dim() == 1,
              sh_q = in.q.defined() && in.q.dim() == 2;
   const int64_t MM = s.M * s.M, DM = s.D * s.M;
@@ -113,8 +118,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sylvester
       check_launch(kOp, kernels::sylvester_backward<T, A>(
           ptr<T>(g), ptr<T>(gl), ptr<T>(in.z), ptr<T>(in.r1), ptr<T>(in.r2), ptr<T>(in.b),
           ptr<T>(in.q), mut_ptr<T>(gz), mut_ptr<T>(gr1), mut_ptr<T>(gr2), mut_ptr<T>(gb),
-          mut_ptr<T>(gq), shared_size > 0 ? workspace.data_ptr<A>() : nullptr, shared_size, dims, blocks,
-          at::cuda::getCurrentCUDAStream()));
+          mut_ptr<T>(gq), shared_size > 0 ? workspace.data_ptr<A>() : nullptr, shared_size, dims,
+          grad_strides, blocks, at::cuda::getCurrentCUDAStream()));
     });
   }
   // Shared parameters: sum the blocks' partial sums (zeros for an empty batch), same layout
