@@ -35,12 +35,14 @@ __device__ __forceinline__ acc_t warp_sum(acc_t x) {
   return x;
 }
 
+// out[i] = element lane + 32 i of a row whose elements are `stride` apart (0 past L).
 template <typename scalar_t, typename acc_t, int EPL>
-__device__ __forceinline__ void load_v(const scalar_t* vt, int lane, int64_t L, acc_t (&out)[EPL]) {
+__device__ __forceinline__ void load_v(const scalar_t* vt, int lane, int64_t L, acc_t (&out)[EPL],
+                                       int64_t stride = 1) {
 #pragma unroll
   for (int i = 0; i < EPL; ++i) {
     const int64_t l = lane + 32 * i;
-    out[i] = l < L ? to_acc<acc_t>(vt[l]) : acc_t(0);
+    out[i] = l < L ? to_acc<acc_t>(vt[l * stride]) : acc_t(0);
   }
 }
 
@@ -105,7 +107,8 @@ template <typename scalar_t, typename acc_t, int EPL>
 __global__ void __launch_bounds__(kThreads) backward_reg_kernel(
     const scalar_t* __restrict__ grad, const scalar_t* __restrict__ out,
     const scalar_t* __restrict__ v, scalar_t* __restrict__ grad_z, scalar_t* __restrict__ grad_v,
-    acc_t* __restrict__ gacc, int64_t B, int64_t T, int64_t L, bool shared, bool use_smem) {
+    acc_t* __restrict__ gacc, int64_t B, int64_t T, int64_t L, bool shared, bool use_smem,
+    int64_t grad_rs, int64_t grad_cs) {
   extern __shared__ unsigned char smem_raw[];
   acc_t* smem_acc = use_smem ? reinterpret_cast<acc_t*>(smem_raw) : nullptr;
   if (use_smem) {
@@ -118,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) backward_reg_kernel(
     const scalar_t* vr = shared ? v : v + row * T * L;
     acc_t zr[EPL], gr[EPL], vn[EPL];
     load_v<scalar_t, acc_t, EPL>(out + row * L, lane, L, zr);
-    load_v<scalar_t, acc_t, EPL>(grad + row * L, lane, L, gr);
+    load_v<scalar_t, acc_t, EPL>(grad + row * grad_rs, lane, L, gr, grad_cs);
     if (T > 0) load_v<scalar_t, acc_t, EPL>(vr + (T - 1) * L, lane, L, vn);
     for (int64_t t = T - 1; t >= 0; --t) {
       acc_t vc[EPL];
@@ -192,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) backward_ws_kernel(
     const scalar_t* __restrict__ grad, const scalar_t* __restrict__ out,
     const scalar_t* __restrict__ v, scalar_t* __restrict__ grad_z, scalar_t* __restrict__ grad_v,
     acc_t* __restrict__ gacc, acc_t* __restrict__ ws, int64_t B, int64_t T, int64_t L, bool shared,
-    bool use_smem) {
+    bool use_smem, int64_t grad_rs, int64_t grad_cs) {
   extern __shared__ unsigned char smem_raw[];
   acc_t* smem_acc = use_smem ? reinterpret_cast<acc_t*>(smem_raw) : nullptr;
   if (use_smem) {
@@ -207,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) backward_ws_kernel(
     const scalar_t* vr = shared ? v : v + row * T * L;
     for (int64_t l = lane; l < L; l += 32) {
       zr[l] = to_acc<acc_t>(out[row * L + l]);
-      gr[l] = to_acc<acc_t>(grad[row * L + l]);
+      gr[l] = to_acc<acc_t>(grad[row * grad_rs + l * grad_cs]);
     }
     for (int64_t t = T - 1; t >= 0; --t) {
       const scalar_t* vt = vr + t * L;
@@ -271,8 +274,8 @@ cudaError_t householder_forward(const scalar_t* z, const scalar_t* v, scalar_t* 
 template <typename scalar_t, typename acc_t>
 cudaError_t householder_backward(const scalar_t* grad, const scalar_t* out, const scalar_t* v,
                                  scalar_t* grad_z, scalar_t* grad_v, acc_t* grad_v_acc, int64_t B,
-                                 int64_t T, int64_t L, bool shared, acc_t* workspace,
-                                 cudaStream_t stream) {
+                                 int64_t T, int64_t L, bool shared, int64_t grad_row_stride,
+                                 int64_t grad_col_stride, acc_t* workspace, cudaStream_t stream) {
   if (B == 0 || L == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((B + kWarps - 1) / kWarps));
   const size_t acc_bytes = static_cast<size_t>(T * L) * sizeof(acc_t);
@@ -282,7 +285,8 @@ cudaError_t householder_backward(const scalar_t* grad, const scalar_t* out, cons
 #define LVMFAST_HH_BWD(E)                                                                  \
   case E:                                                                                  \
     backward_reg_kernel<scalar_t, acc_t, E><<<grid, kThreads, smem, stream>>>(             \
-        grad, out, v, grad_z, grad_v, grad_v_acc, B, T, L, shared, use_smem);              \
+        grad, out, v, grad_z, grad_v, grad_v_acc, B, T, L, shared, use_smem,               \
+        grad_row_stride, grad_col_stride);                                                 \
     break;
     LVMFAST_HH_BWD(1)
     LVMFAST_HH_BWD(2)
@@ -292,7 +296,8 @@ cudaError_t householder_backward(const scalar_t* grad, const scalar_t* out, cons
     default:
       if (workspace == nullptr) return cudaErrorInvalidValue;
       backward_ws_kernel<scalar_t, acc_t><<<grid, kThreads, smem, stream>>>(
-          grad, out, v, grad_z, grad_v, grad_v_acc, workspace, B, T, L, shared, use_smem);
+          grad, out, v, grad_z, grad_v, grad_v_acc, workspace, B, T, L, shared, use_smem,
+          grad_row_stride, grad_col_stride);
   }
   return cudaGetLastError();
 }
@@ -301,8 +306,8 @@ cudaError_t householder_backward(const scalar_t* grad, const scalar_t* out, cons
   template cudaError_t householder_forward<S, A>(const S*, const S*, S*, int64_t, int64_t,     \
                                                  int64_t, bool, A*, cudaStream_t);             \
   template cudaError_t householder_backward<S, A>(const S*, const S*, const S*, S*, S*, A*,    \
-                                                  int64_t, int64_t, int64_t, bool, A*,         \
-                                                  cudaStream_t);
+                                                  int64_t, int64_t, int64_t, bool, int64_t,    \
+                                                  int64_t, A*, cudaStream_t);
 LVMFAST_HH_INSTANTIATE(float, float)
 LVMFAST_HH_INSTANTIATE(double, double)
 LVMFAST_HH_INSTANTIATE(__half, float)

@@ -141,3 +141,27 @@ def test_non_contiguous_inputs(emulated_cuda, shared):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
         else:
             assert torch.equal(a, b)
+
+
+# L: registers with 2 elements a lane, and the workspace path (L > 256)
+@pytest.mark.parametrize("L", [64, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_backward_reads_strided_gradients_in_place(emulated_cuda, L, dtype):
+    """An incoming gradient of any strides (expanded from a sum, transposed, sliced) gives the
+    gradients of its contiguous copy, and the glue hands its strides to the kernel instead of
+    copying it."""
+    B, T = 9, 3
+    z, v = make_inputs(B, T, L, False, dtype, "cpu", grad=False)
+    out = emulated_cuda.householder_flow(z.contiguous(), v.contiguous())
+    grads = {"expanded": torch.randn((), dtype=dtype).expand(B, L),
+             "transposed": torch.randn(L, B, dtype=dtype).t(),
+             "sliced": torch.randn(B, 2 * L + 1, dtype=dtype)[:, 1::2]}
+    for name, grad in grads.items():
+        assert not grad.is_contiguous()
+        with torch.profiler.profile() as prof:
+            got = emulated_cuda.householder_flow_backward(grad, out, v.contiguous())
+        copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
+        assert not copies, (name, copies)
+        want = emulated_cuda.householder_flow_backward(grad.contiguous(), out, v.contiguous())
+        for g, w in zip(got, want):
+            assert torch.equal(g, w), name

@@ -103,6 +103,18 @@ def test_non_contiguous_inputs(backend, device, shared):
         assert_close_rel(g, rg, 1e-10, "grad")
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("L", [7, 64, 300])
+def test_gradients_of_a_sum_reach_the_backward_expanded(backend, device, L):
+    """A loss that sums the output hands the backward an expanded gradient (strides 0), which the
+    CUDA glue reads in place rather than copying: same gradients as the reference."""
+    z, v = make_inputs(11, 4, L, False, torch.float32, device)
+    grads = torch.autograd.grad(run(backend, z, v).sum() * 0.5, (z, v))
+    _, ref_grads = reference_and_grads([z, v], torch.full((11, L), 0.5))
+    for name, g, rg in zip(("z", "v"), grads, ref_grads):
+        assert_close_rel(g, rg, 2e-4, f"grad {name}")
+
+
 def nondet_tol(device, shared):
     """The CUDA kernels sum a shared v's gradient over the batch with atomics, in no fixed order:
     two backward passes may differ in the last bits (gradcheck's reentrancy check)."""

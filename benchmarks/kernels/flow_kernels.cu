@@ -286,7 +286,7 @@ Case householder_case(bool backward, int64_t B) {
       s.outputs = {gz, gv};
       s.launch = [=](cudaStream_t st) {
         return k::householder_backward<float, float>(g.p, out.p, v.p, gz.p, gv.p, nullptr, B, T,
-                                                     L, false, work, st);
+                                                     L, false, L, 1, work, st);
       };
     }
     return s;

@@ -53,8 +53,8 @@ std::tuple<at::Tensor, at::Tensor> householder_flow_backward_cuda(const at::Tens
   const int64_t B = out.size(0), L = out.size(1), T = v.size(-2);
   const bool shared = v.dim() == 2;
   const auto acc = acc_type(out.scalar_type());
-  const at::Tensor gc = grad.to(out.scalar_type()).contiguous(), oc = out.contiguous(),
-                   vc = v.contiguous();
+  // grad is read in place whatever its strides (an expanded gradient from a sum is not copied)
+  const at::Tensor gc = grad.to(out.scalar_type()), oc = out.contiguous(), vc = v.contiguous();
   at::Tensor grad_z = at::empty({B, L}, out.options());
   at::Tensor grad_v = at::empty(v.sizes(), v.options());
   if (B == 0 || L == 0 || T == 0) {
@@ -74,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor> householder_flow_backward_cuda(const at::Tens
         static_cast<const scalar_t*>(gc.data_ptr()), static_cast<const scalar_t*>(oc.data_ptr()),
         static_cast<const scalar_t*>(vc.data_ptr()), static_cast<scalar_t*>(grad_z.data_ptr()),
         shared ? nullptr : static_cast<scalar_t*>(grad_v.data_ptr()),
-        shared ? gacc.data_ptr<acc_t>() : nullptr, B, T, L, shared,
+        shared ? gacc.data_ptr<acc_t>() : nullptr, B, T, L, shared, gc.stride(0), gc.stride(1),
         ws > 0 ? work.data_ptr<acc_t>() : nullptr, at::cuda::getCurrentCUDAStream()));
   });
   if (shared) grad_v.copy_(gacc);
