@@ -167,7 +167,8 @@ def kernels_table(ceil_path: str, row_paths: list[str]) -> str:
         ceil = json.load(f)
     rows = [json.loads(line) for p in row_paths for line in open(p) if line.startswith("{")]
     steps = [r for r in rows if r["mode"] == "steps"]
-    rows = [r for r in rows if r["mode"] != "steps"]
+    probes = [r for r in rows if r["op"] == "probe_stage"]
+    rows = [r for r in rows if r["mode"] != "steps" and r["op"] != "probe_stage"]
     bw, rate = ceil["copy_bytes_per_s"], ceil["fp32_flops_per_s"]
     key = lambda r: (r["op"], r["shape"], r["mode"])  # noqa: E731
     default = {key(r) + (_batch(r),): r for r in rows if r["variant"] == "default"}
@@ -218,6 +219,20 @@ def kernels_table(ceil_path: str, row_paths: list[str]) -> str:
                   "cost a launch (intercept).", "",
                   "| build | op | shape | mode | batches | ns / sample | floor ns / sample | "
                   "slope / floor | intercept us |", "|---|---|---|---|---|---|---|---|---|"] + scaling
+    if probes:
+        # the Sylvester triangular forward at the same batch: how much of it the loads explain
+        fwd = {(r["variant"], r["B"]): r["cold_s"] for r in rows
+               if r["op"] == "sylvester_flow" and r["shape"] == "triangular" and r["mode"] == "fwd"}
+        lines += ["", "The Sylvester load phase alone (probe_stage_kernel: one sample's two 64 x 64 "
+                  "matrices into shared memory a block, the kernels' grid), cold.", "",
+                  "| build | method | batch | MB | cold us | GB/s | / copy ceiling | / triangular fwd |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in probes:
+            rate_r = r["bytes"] / r["cold_s"]
+            share = fwd.get((r["variant"], r["B"]))
+            lines.append(f"| {r['variant']} | {r['shape']} | {r['B']} | {r['bytes'] / 1e6:.1f} | "
+                         f"{r['cold_s'] * 1e6:.1f} | {rate_r / 1e9:.0f} | {rate_r / bw:.2f} | "
+                         f"{r['cold_s'] / share if share else float('nan'):.2f} |")
     for r in steps:
         hist = {k: n for k, n in enumerate(r["steps_histogram"]) if n}
         lines += ["", f"Björck forward, build {r['variant']}: steps a matrix took on this GPU (N = {r['N']}): "

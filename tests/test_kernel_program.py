@@ -19,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROGRAM = ROOT / "benchmarks" / "kernels" / "flow_kernels.cu"
 FAMILIES = ["sylvester", "orthogonal", "householder"]
 CASES = 10  # 3 Sylvester kinds, Björck, Householder; forward and backward each
+PROBES = 3  # the Sylvester load phase alone, three ways
 
 # the variants of benchmarks/gpu_kernels.sh (their -D constants), each compiled and checked here
 VARIANTS = {
@@ -87,18 +88,23 @@ def test_rows_cover_every_case_and_scale(programs, tmp_path):
                "--scales", "1,3", "--variant", "name")
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines()]
-    assert len(rows) == 2 * CASES + 1
+    assert len(rows) == 2 * (CASES + PROBES) + 1
     # last, the steps each Björck matrix took at the first scale (3 matrices with --tiny)
     steps = rows.pop()
     assert steps["mode"] == "steps" and steps["N"] == 3 and sum(steps["steps_histogram"]) == 3
     assert 5 <= steps["mean_steps"] <= 30  # these inputs need about a dozen steps
     batch = lambda r: r.get("N", r.get("B"))  # noqa: E731
-    for small, large in zip(rows[:CASES], rows[CASES:]):
+    per_scale = CASES + PROBES
+    for small, large in zip(rows[:per_scale], rows[per_scale:]):
         assert (small["op"], small["shape"], small["mode"]) == (large["op"], large["shape"], large["mode"])
         assert batch(large) == 3 * batch(small)
     assert {(r["op"], r["mode"]) for r in rows} == {
         (op, mode) for op in ("sylvester_flow", "bjorck_orthonormalize", "householder_flow")
-        for mode in ("fwd", "bwd")}
+        for mode in ("fwd", "bwd")} | {("probe_stage", "load")}
+    # the probes' bytes: two upper triangles or two squares of 64 x 64 floats a sample
+    probes = {(r["shape"], r["B"]): r["bytes"] for r in rows if r["op"] == "probe_stage"}
+    assert probes[("triangles-4B", 5)] == 5 * 2 * 2080 * 4
+    assert probes[("squares-16B", 15)] == probes[("squares-4B", 15)] == 15 * 2 * 4096 * 4
     for r in rows:
         assert r["variant"] == "name"
         assert 0 < r["warm_p20_s"] <= r["warm_s"] <= r["warm_p80_s"]
@@ -115,7 +121,7 @@ def test_rows_cover_every_case_and_scale(programs, tmp_path):
     ceilings.write_text(json.dumps({"gpu": "test", "copy_bytes_per_s": 3e12, "fp32_flops_per_s": 5e13}))
     table = floors.kernels_table(str(ceilings), [str(path)]).splitlines()
     body = [line for line in table if line.startswith("| name |")]
-    assert len(body) == 2 * CASES + CASES
+    assert len(body) == 2 * CASES + CASES + 2 * PROBES
     assert sum("steps a matrix took" in line for line in table) == 1
 
 
@@ -169,6 +175,6 @@ def test_gpu_kernels_script_rehearses_on_the_emulation(tmp_path):
     assert run.stdout.count("all outputs within tolerance") == 2  # default and sypipe, tiny
     table = (tmp_path / "out" / "kernels-table.md").read_text()
     for build in ("default", "sypipe"):
-        # one row a case and scale, one slope a case, one line of Björck steps
-        assert sum(line.startswith(f"| {build} |") for line in table.splitlines()) == 3 * CASES
+        # one row a case and scale, one slope a case, one row a probe and scale, Björck's steps
+        assert sum(line.startswith(f"| {build} |") for line in table.splitlines()) == 3 * CASES + 2 * PROBES
         assert f"build {build}: steps a matrix took" in table

@@ -16,6 +16,7 @@
 //           DRAM. p20/p80 of each.
 //   checksum, abs_checksum: sums of the outputs of one launch, to compare builds (whose rounding
 //           may differ); outputs start as NaN, so an element left unwritten shows.
+// Rows with op "probe_stage" time the Sylvester kernels' load phase alone (probe_stage_kernel).
 // A last row gives the steps the Björck forward took per matrix at the first scale (histogram).
 // --once: each kernel launched once at the first scale, nothing timed (for ncu).
 // --dump DIR: also writes each case's inputs and outputs of that launch to DIR (raw float32,
@@ -34,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "../../kernels/async_copy.cuh"
 #include "../../kernels/householder.cuh"
 #include "../../kernels/orthogonal.cuh"
 #include "../../kernels/sylvester.cuh"
@@ -294,6 +296,82 @@ Case householder_case(bool backward, int64_t B) {
   return c;
 }
 
+// ---- Probes: the Sylvester kernels' load phase alone, to tell loads from compute ----------
+// Each block stages one sample's two M x M matrices into shared memory, grid-striding over the
+// batch as the Sylvester kernels do (128 threads, the same grid), waits, and keeps one value.
+// kMethod 0: the upper triangles by 4-byte cp.async, as sylvester.cu stages them; 1: the whole
+// squares by 4-byte cp.async (more bytes, the same pattern without the triangle's holes); 2: the
+// whole squares by 16-byte cp.async (a quarter of the requests for the same bytes).
+__device__ __forceinline__ void copy16_async(float* dst, const float* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(dst))),
+               "l"(src));
+#else
+  for (int i = 0; i < 4; ++i) dst[i] = src[i];
+#endif
+}
+
+template <int kMethod>
+__global__ void __launch_bounds__(128) probe_stage_kernel(const float* __restrict__ r1,
+                                                          const float* __restrict__ r2,
+                                                          float* __restrict__ out, int64_t B,
+                                                          int M) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* a = reinterpret_cast<float*>(smem_raw);
+  float* b = a + M * M;
+  const int tid = threadIdx.x, n2 = M * M;
+  for (int64_t n = blockIdx.x; n < B; n += gridDim.x) {
+    const float* x = r1 + n * n2;
+    const float* y = r2 + n * n2;
+    if (kMethod == 2) {
+      for (int i = 4 * tid; i < n2; i += 4 * 128) copy16_async(a + i, x + i), copy16_async(b + i, y + i);
+    } else {
+      for (int i = tid; i < n2; i += 128) {
+        if (kMethod == 0 && i % M < i / M) continue;  // below the diagonal
+        lvmfast::kernels::copy_async(a + i, x + i);
+        lvmfast::kernels::copy_async(b + i, y + i);
+      }
+    }
+    lvmfast::kernels::wait_async_copies();
+    __syncthreads();
+    if (tid == 0) out[n] = a[n % n2] + b[(n + 1) % n2];
+    __syncthreads();
+  }
+}
+
+const char* const kProbeNames[] = {"triangles-4B", "squares-4B", "squares-16B"};
+
+Case probe_case(int method, int64_t B, const Device& dev) {
+  const int64_t M = 64;
+  Case c;
+  c.name = std::string("probe_stage-") + kProbeNames[method] + "-load";
+  const int64_t bytes = B * 2 * (method == 0 ? M * (M + 1) / 2 : M * M) * 4;
+  c.json_fields = "\"op\": \"probe_stage\", \"shape\": \"" + std::string(kProbeNames[method]) +
+                  "\", \"mode\": \"load\", \"B\": " + std::to_string(B) +
+                  ", \"M\": 64, \"bytes\": " + std::to_string(bytes);
+  c.make_set = [=]() {
+    Set s;
+    const Tensor r1 = normal("r1", {B, M, M}, 1.f), r2 = normal("r2", {B, M, M}, 1.f);
+    const Tensor out = output("out", {B});
+    s.inputs = {r1, r2};
+    s.outputs = {out};
+    const unsigned blocks = unsigned(std::min<int64_t>(B, 16 * int64_t(dev.sms)));
+    const size_t smem = size_t(2 * M * M) * sizeof(float);
+    s.launch = [=](cudaStream_t st) {
+      auto kernel = method == 0 ? probe_stage_kernel<0> : method == 1 ? probe_stage_kernel<1>
+                                                                      : probe_stage_kernel<2>;
+      const cudaError_t attr =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      if (attr != cudaSuccess) return attr;
+      if (B > 0) kernel<<<blocks, 128, smem, st>>>(r1.p, r2.p, out.p, B, int(M));
+      return cudaGetLastError();
+    };
+    return s;
+  };
+  return c;
+}
+
 void release(Set& s) {
   for (auto& t : s.inputs) CHECK(cudaFree(t.p));
   for (auto& t : s.outputs) CHECK(cudaFree(t.p));
@@ -476,12 +554,15 @@ int main(int argc, char** argv) {
       for (bool bwd : {false, true}) cases.push_back(sylvester_case(kind, bwd, sylvester_b * scale, dev));
     for (bool bwd : {false, true}) cases.push_back(bjorck_case(bwd, bjorck_n * scale, dev));
     for (bool bwd : {false, true}) cases.push_back(householder_case(bwd, householder_b * scale));
+    for (int method = 0; method < 3; ++method)
+      cases.push_back(probe_case(method, sylvester_b * scale, dev));
     for (const Case& c : cases) {
       std::vector<Set> sets;
       sets.push_back(c.make_set());
       CHECK(sets[0].launch(st));
       CHECK(cudaStreamSynchronize(st));
-      if (!opts.dump.empty() && scale == scales[0]) dump(opts.dump, c, sets[0]);
+      const bool probe = c.name.rfind("probe", 0) == 0;  // no reference to check a probe against
+      if (!opts.dump.empty() && scale == scales[0] && !probe) dump(opts.dump, c, sets[0]);
       if (!opts.once) {
         const auto sums = checksums(sets[0]);
         const Stats warm = time_launches(sets, 1, opts, st);
