@@ -123,6 +123,9 @@ def test_rows_cover_every_case_and_scale(programs, tmp_path):
     body = [line for line in table if line.startswith("| name |")]
     assert len(body) == 2 * CASES + CASES + 2 * PROBES
     assert sum("steps a matrix took" in line for line in table) == 1
+    # last, cold / floor at the smallest batch: a row a case, a column a build
+    compact = table[table.index("cold / floor at the smallest batch, a column a build:"):]
+    assert compact[2] == "| op | shape | mode | name |" and len(compact) == 4 + CASES
 
 
 def test_floors_of_a_launch_split_forward_and_backward():
