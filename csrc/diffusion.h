@@ -77,6 +77,22 @@ inline void diffusion_check_seed(const char* op, const at::Tensor& seed, const a
               seed.device(), " and the data on ", x.device());
 }
 
+// forward_chain_backward's grad and out: (T, *x.shape) elements, x's dtype and device (the
+// kernels read them as x's type).
+inline void diffusion_check_chain_grads(const char* op, const at::Tensor& grad, const at::Tensor& out,
+                                        const at::Tensor& x, int64_t T) {
+  TORCH_CHECK_VALUE(grad.numel() == T * x.numel() && out.numel() == T * x.numel(), op,
+                    ": grad and out must have shape (T, *x.shape)");
+  auto like_x = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of x (",
+                      x.scalar_type(), "), got ", t.scalar_type());
+    TORCH_CHECK(t.device() == x.device(), op, ": all tensors must be on one device, got x on ",
+                x.device(), " and ", name, " on ", t.device());
+  };
+  like_x("grad", grad);
+  like_x("out", out);
+}
+
 // forward_chain's inputs: x floating (half types only on CUDA); coefs (T, 2) rows
 // [sqrt(1 - beta), sqrt(beta)] in x's accumulation dtype; seed a one-element int64 tensor.
 inline void diffusion_check_chain(const char* op, const at::Tensor& x, const at::Tensor& coefs,

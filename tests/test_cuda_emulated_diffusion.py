@@ -292,3 +292,17 @@ def test_non_contiguous_inputs(emulated_cuda):
     assert torch.equal(ops.q_posterior(x0, xt, t, post)[0], ops.q_posterior(c[0], c[1], c[3], post)[0])
     assert torch.equal(ops.p_step(xt, x0, t, p, noise, None), ops.p_step(c[1], c[0], c[3], p, c[2], None))
     assert torch.equal(ops.diffusion_backward(x0, t, p, [1])[0], ops.diffusion_backward(c[0], c[3], p, [1])[0])
+
+
+@pytest.mark.parametrize("which", ["grad", "out"])
+def test_forward_chain_backward_refuses_another_dtype(emulated_cuda, which):
+    """The kernels read grad and out as x's type: another dtype is a named ValueError, on the
+    CUDA glue (emulated) and the CPU op alike, not a misread buffer."""
+    x = torch.randn(40)
+    coefs = torch.tensor([[0.9, 0.4], [0.8, 0.6]])
+    z = emulated_cuda.forward_chain(x, coefs, seed_of(5))
+    args = {"grad": torch.randn_like(z), "out": z}
+    args[which] = args[which].double()
+    for ops in (emulated_cuda, torch.ops.lvmfast):
+        with pytest.raises(ValueError, match=f"forward_chain_backward: {which} must have the dtype of x"):
+            ops.forward_chain_backward(args["grad"], x, coefs, seed_of(5), args["out"])

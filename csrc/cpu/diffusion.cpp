@@ -527,8 +527,7 @@ std::tuple<at::Tensor, at::Tensor> forward_chain_backward_cpu(const at::Tensor& 
   const char* op = "forward_chain_backward";
   diffusion_check_chain(op, x_in, coefs_in, seed, false);
   const int64_t T = coefs_in.size(0), N = x_in.numel();
-  TORCH_CHECK_VALUE(grad_in.numel() == T * N && out_in.numel() == T * N, op,
-                    ": grad and out must have shape (T, *x.shape)");
+  diffusion_check_chain_grads(op, grad_in, out_in, x_in, T);
   const at::Tensor grad = grad_in.contiguous(), x = x_in.contiguous(), coefs = coefs_in.contiguous(),
                    out = out_in.contiguous();
   at::Tensor grad_x = empty_for_writing(x.sizes(), x.options());
