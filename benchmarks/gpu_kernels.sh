@@ -24,6 +24,7 @@ SCALES="${SCALES:-1,4}"
 # Hypotheses (benchmarks/results/gpu-h100-2026-11-26-session5.md):
 #  bj*: the Björck backward re-runs the forward on 128 of its 256 threads at 2 blocks an SM, a
 #       quarter of the forward kernel's threads an SM; 128-thread blocks, 4 an SM, double that.
+#       bjnopf: without the walk's prefetch (session 6, never timed), to measure what it gives.
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
 #       threads a sample help) or by the loads (then the thread count does not matter).
 #  sypipe*: in one wave every block loads, then every block computes, and nothing overlaps;
@@ -31,6 +32,7 @@ SCALES="${SCALES:-1,4}"
 # (tests/test_kernel_program.py checks each of these builds on the CPU emulation.)
 VARIANTS="${VARIANTS:-bj128x4:-DLVMFAST_BJORCK_BACKWARD_THREADS=128 -DLVMFAST_BJORCK_BLOCKS_PER_SM=4;\
 bj256x3:-DLVMFAST_BJORCK_BLOCKS_PER_SM=3;\
+bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
 sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
 sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\

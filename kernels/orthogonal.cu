@@ -62,6 +62,12 @@ namespace {
 #ifndef LVMFAST_BJORCK_BLOCKS_PER_SM
 #define LVMFAST_BJORCK_BLOCKS_PER_SM 2
 #endif
+// 0: the walk back loads each step's Q and A after the previous step instead of during it (no
+// second A buffer); for benchmarks/gpu_kernels.sh to time the prefetch against.
+#ifndef LVMFAST_BJORCK_PREFETCH
+#define LVMFAST_BJORCK_PREFETCH 1
+#endif
+constexpr bool kPrefetch = LVMFAST_BJORCK_PREFETCH != 0;
 constexpr int kForwardThreads = 128;
 constexpr int kBackwardThreads = LVMFAST_BJORCK_BACKWARD_THREADS;
 static_assert(kBackwardThreads >= kForwardThreads && kBackwardThreads % 32 == 0,
@@ -464,10 +470,10 @@ __device__ __forceinline__ void replay(const scalar_t* q0, Keep<acc_t>* keep, ac
 }
 
 // Working buffers of the backward: Q double buffer and A (the forward's), then G, G', S,
-// S + S^T and a second A (the walk back loads step j - 1's Q and A while it computes step j). In
-// shared memory when they fit, else in the block's workspace slice.
+// S + S^T and, with kPrefetch, a second A (the walk back loads step j - 1's Q and A while it
+// computes step j). In shared memory when they fit, else in the block's workspace slice.
 __host__ __device__ inline int64_t backward_buffer_elements(int64_t D, int64_t M) {
-  return 4 * D * M + 4 * M * M;
+  return 4 * D * M + (kPrefetch ? 4 : 3) * M * M;
 }
 
 // One step of the walk back through Q_{j+1} = 1.5 Q_j - 0.5 Q_j A_j, from Q_j (q) and A_j (a):
@@ -517,7 +523,7 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
     load_matrix(grad + m * DM, g, dm);
     if (threadIdx.x == 0) plan = BjorckCheckpoints(k, slots);
     __syncthreads();
-    if (kShared && plan.direct()) {
+    if (kPrefetch && kShared && plan.direct()) {
       // Q_{j-1} and A_{j-1} land in the other pair of buffers while step j computes, so the
       // workspace's latency hides behind the products (asynchronous copies on sm_80+).
       auto prefetch = [&](acc_t* q_dst, acc_t* a_dst, int64_t j) {
