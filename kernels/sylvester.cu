@@ -426,6 +426,39 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
   }
 }
 
+// The staging schedule of a kernel's loop over samples, with kBuffers sample buffers.
+// issue(n, k, first) issues the copies of sample n into buffer k (`first`: the buffer's first
+// sample, which also stages a shared parameter). The block's i-th sample uses buffer_of(i).
+template <int kBuffers>
+__device__ __forceinline__ int buffer_of(int64_t i) {
+  return kBuffers == 2 ? static_cast<int>(i & 1) : 0;
+}
+// Before the loop: with two buffers, the first sample's copies.
+template <int kBuffers, typename Issue>
+__device__ __forceinline__ void stage_first(Issue&& issue, int64_t B) {
+  if constexpr (kBuffers == 2) {
+    if (blockIdx.x < B) issue(static_cast<int64_t>(blockIdx.x), 0, true);
+    commit_async_copies();
+  }
+}
+// At the top of the block's i-th sample n: once its own copies have landed (for this thread),
+// the next sample's are in flight (two buffers) or none are (one). The caller's next barrier
+// makes the copies visible to the block.
+template <int kBuffers, typename Issue>
+__device__ __forceinline__ void stage_sample(Issue&& issue, int64_t n, int64_t i, int64_t B) {
+  if constexpr (kBuffers == 1) {
+    issue(n, 0, i == 0);
+    wait_async_copies();
+  } else if (n + gridDim.x < B) {
+    // the other buffer's last reader finished at the previous sample's final barrier
+    issue(n + gridDim.x, buffer_of<kBuffers>(i + 1), i == 0);
+    commit_async_copies();
+    wait_async_copies_but_latest();
+  } else {
+    wait_async_copies();
+  }
+}
+
 // kBuffers = 2 (staged only): double-buffered staging, the next sample's copies issued before
 // the current sample's computation (kPipelineBlocksPerSm).
 template <typename scalar_t, typename acc_t, bool kStaged, int kBuffers>
@@ -450,27 +483,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     stage_vector(vectors, z + n * p.D, D, tid);
     if (first || p.b_bs != 0) stage_vector(vectors + forward_bias_offset(p), b + n * p.b_bs, M, tid);
   };
-  if constexpr (kBuffers == 2) {
-    if (blockIdx.x < p.B) issue(blockIdx.x, 0, true);
-    commit_async_copies();
-  }
+  if constexpr (kStaged) stage_first<kBuffers>(issue, p.B);
   int64_t i = 0;
   for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x, ++i) {
-    const int k = kBuffers == 2 ? static_cast<int>(i & 1) : 0;
-    acc_t* vectors = smem + k * per_buffer;
+    acc_t* vectors = smem + buffer_of<kBuffers>(i) * per_buffer;
     const scalar_t* bn = b + n * p.b_bs;
     if constexpr (kStaged) {
-      if constexpr (kBuffers == 1) {
-        issue(n, 0, i == 0);
-        wait_async_copies();
-      } else if (n + gridDim.x < p.B) {
-        // the other buffer's last reader finished at the previous iteration's final barrier
-        issue(n + gridDim.x, k ^ 1, i == 0);
-        commit_async_copies();
-        wait_async_copies_but_latest();
-      } else {
-        wait_async_copies();
-      }
+      stage_sample<kBuffers>(issue, n, i, p.B);
       // forward_sample's first barrier orders these copies before their use
       forward_sample<true, int>(z + n * p.D, staged_layout(vectors + forward_vector_elements(p), p),
                                 bn, out + n * p.D, logdet + n, vectors, warp_logdet, p, tid);
@@ -629,14 +648,10 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
     stage_vector(vectors + Di, grad_out + n * gst.out_row, Di, tid, gst.out_col);
     if (first || p.b_bs != 0) stage_vector(vectors + backward_bias_offset(p), b + n * p.b_bs, Mi, tid);
   };
-  if constexpr (kBuffers == 2) {
-    if (blockIdx.x < p.B) issue(blockIdx.x, 0, true);
-    commit_async_copies();
-  }
+  if constexpr (kStaged) stage_first<kBuffers>(issue, p.B);
   int64_t i = 0;
   for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x, ++i) {
-    const int k = kBuffers == 2 ? static_cast<int>(i & 1) : 0;
-    acc_t* vectors = smem + k * per_buffer;
+    acc_t* vectors = smem + buffer_of<kBuffers>(i) * per_buffer;
     const scalar_t* bn = b + n * p.b_bs;
     out.z = grad_z + n * D;
     out.r1 = out.ws_r1 != nullptr ? nullptr : grad_r1 + n * MM;
@@ -645,17 +660,7 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
     out.q = !dense || out.ws_q != nullptr ? nullptr : grad_q + n * D * M;
     const acc_t gl = load<acc_t>(grad_logdet, n * gst.logdet);
     if constexpr (kStaged) {
-      if constexpr (kBuffers == 1) {
-        issue(n, 0, i == 0);
-        wait_async_copies();
-      } else if (n + gridDim.x < p.B) {
-        // the other buffer's last reader finished at the previous sample's final barrier
-        issue(n + gridDim.x, k ^ 1, i == 0);
-        commit_async_copies();
-        wait_async_copies_but_latest();
-      } else {
-        wait_async_copies();
-      }
+      stage_sample<kBuffers>(issue, n, i, p.B);
       // backward_sample's first barrier orders these copies before their use, and its last
       // one their reuse
       backward_sample<true, int>(grad_out + n * gst.out_row, gst.out_col, gl, z + n * D,
