@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine for the flow kernels alone: builds benchmarks/kernels/flow_kernels.cu
-# with plain nvcc (no torch extension: the seven builds below took 3 minutes on 2 cores here, all
-# in parallel; the full extension took 2 minutes on the H100 machine's 16) once per variant of
+# with plain nvcc (no torch extension: seven of the builds below took 3 minutes on 2 cores here, in
+# parallel; the full extension took 2 minutes on the H100 machine's 16) once per variant of
 # the kernels' -D tuning constants, checks every build against lvmfast.reference,
 # times each at the benchmark shapes and at SCALES times their batch, profiles the default build
 # with ncu, and prints the tables last. Outputs go to $OUT.
