@@ -240,23 +240,20 @@ def kernels_table(ceil_path: str, row_paths: list[str]) -> str:
                   f"{_bjorck_steps(r['N'], 64, 32)} for every matrix (a float32 torch loop on the CPU)."]
     # Last, so that the end of a call's output holds it: cold / floor at the smallest batch, a
     # column a build.
-    builds = list(dict.fromkeys(r["variant"] for r in rows if id(r) in floors))
-    smallest: dict = {}
-    for r in rows:
-        if id(r) in floors:
-            k = key(r)
-            if k not in smallest or _batch(r) < _batch(smallest[k][0]):
-                smallest[k] = [r]
-            elif _batch(r) == _batch(smallest[k][0]):
-                smallest[k].append(r)
-    if smallest:
+    floored = [r for r in rows if id(r) in floors]
+    builds = list(dict.fromkeys(r["variant"] for r in floored))
+    least = {}  # the smallest batch of each case
+    for r in floored:
+        least[key(r)] = min(least.get(key(r), _batch(r)), _batch(r))
+    if least:
         lines += ["", "cold / floor at the smallest batch, a column a build:", "",
                   "| op | shape | mode | " + " | ".join(builds) + " |",
                   "|---|---|---|" + "---|" * len(builds)]
-        for (op, shape, mode), rs in smallest.items():
-            by = {r["variant"]: r["cold_s"] / floors[id(r)] for r in rs}
+        for k, batch in least.items():
+            by = {r["variant"]: r["cold_s"] / floors[id(r)] for r in floored
+                  if key(r) == k and _batch(r) == batch}
             cells = " | ".join(f"{by[b]:.2f}" if b in by else "–" for b in builds)
-            lines.append(f"| {op} | {shape} | {mode} | {cells} |")
+            lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {cells} |")
     return "\n".join(lines)
 
 

@@ -7,11 +7,13 @@ namespace kernels {
 
 // Global-to-shared copy of one element without a register round trip (cp.async, sm_80+), so a
 // thread can have many copies in flight, or keep computing while they land. dst must be in
-// shared memory. Plain copy elsewhere (older GPUs, the CPU emulation).
+// shared memory; T of 4, 8 or 16 bytes (float4: 16-byte aligned addresses). Plain copy
+// elsewhere (older GPUs, the CPU emulation).
 template <typename T>
 __device__ __forceinline__ void copy_async(T* dst, const T* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "cp.async copies 4, 8 or 16 bytes");
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8 || sizeof(T) == 16,
+                "cp.async copies 4, 8 or 16 bytes");
   asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(
                    static_cast<unsigned>(__cvta_generic_to_shared(dst))),
                "l"(src), "n"(static_cast<int>(sizeof(T))));

@@ -302,16 +302,6 @@ Case householder_case(bool backward, int64_t B) {
 // kMethod 0: the upper triangles by 4-byte cp.async, as sylvester.cu stages them; 1: the whole
 // squares by 4-byte cp.async (more bytes, the same pattern without the triangle's holes); 2: the
 // whole squares by 16-byte cp.async (a quarter of the requests for the same bytes).
-__device__ __forceinline__ void copy16_async(float* dst, const float* src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-                   static_cast<unsigned>(__cvta_generic_to_shared(dst))),
-               "l"(src));
-#else
-  for (int i = 0; i < 4; ++i) dst[i] = src[i];
-#endif
-}
-
 template <int kMethod>
 __global__ void __launch_bounds__(128) probe_stage_kernel(const float* __restrict__ r1,
                                                           const float* __restrict__ r2,
@@ -325,7 +315,11 @@ __global__ void __launch_bounds__(128) probe_stage_kernel(const float* __restric
     const float* x = r1 + n * n2;
     const float* y = r2 + n * n2;
     if (kMethod == 2) {
-      for (int i = 4 * tid; i < n2; i += 4 * 128) copy16_async(a + i, x + i), copy16_async(b + i, y + i);
+      using lvmfast::kernels::copy_async;
+      for (int i = 4 * tid; i < n2; i += 4 * 128) {
+        copy_async(reinterpret_cast<float4*>(a + i), reinterpret_cast<const float4*>(x + i));
+        copy_async(reinterpret_cast<float4*>(b + i), reinterpret_cast<const float4*>(y + i));
+      }
     } else {
       for (int i = tid; i < n2; i += 128) {
         if (kMethod == 0 && i % M < i / M) continue;  // below the diagonal
@@ -357,13 +351,10 @@ Case probe_case(int method, int64_t B, const Device& dev) {
     s.inputs = {r1, r2};
     s.outputs = {out};
     const unsigned blocks = unsigned(std::min<int64_t>(B, 16 * int64_t(dev.sms)));
-    const size_t smem = size_t(2 * M * M) * sizeof(float);
+    const size_t smem = size_t(2 * M * M) * sizeof(float);  // 32 KB: no opt-in needed
+    auto kernel = method == 0 ? probe_stage_kernel<0> : method == 1 ? probe_stage_kernel<1>
+                                                                    : probe_stage_kernel<2>;
     s.launch = [=](cudaStream_t st) {
-      auto kernel = method == 0 ? probe_stage_kernel<0> : method == 1 ? probe_stage_kernel<1>
-                                                                      : probe_stage_kernel<2>;
-      const cudaError_t attr =
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-      if (attr != cudaSuccess) return attr;
       if (B > 0) kernel<<<blocks, 128, smem, st>>>(r1.p, r2.p, out.p, B, int(M));
       return cudaGetLastError();
     };

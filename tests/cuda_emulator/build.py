@@ -74,25 +74,32 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text)
 
 
+def prepare_kernels(families: list[str], build_dir: Path) -> list[Path]:
+    """Writes kernels/*.cuh and the kernels of `families` rewritten under build_dir/kernels and
+    returns the kernel files to compile."""
+    (build_dir / "kernels").mkdir(parents=True, exist_ok=True)
+    for header in (ROOT / "kernels").glob("*.cuh"):  # a header may launch too (launch.cuh)
+        _write(build_dir / "kernels" / header.name, rewrite_launches(header.read_text()))
+    kernels = [build_dir / f"kernels/{family}_kernels.cpp" for family in families]
+    for family, kernel in zip(families, kernels):
+        _write(kernel, rewrite_kernel((ROOT / f"kernels/{family}.cu").read_text()))
+    return kernels
+
+
 def prepare(families: list[str], build_dir: Path) -> list[Path]:
     """Writes the rewritten sources under build_dir (mirroring the repository's layout, so that
     relative includes resolve) and returns the files to compile."""
-    for sub in ("csrc/cuda", "kernels"):
-        (build_dir / sub).mkdir(parents=True, exist_ok=True)
+    (build_dir / "csrc/cuda").mkdir(parents=True, exist_ok=True)
     for header in (ROOT / "csrc").glob("*.h"):
         _write(build_dir / "csrc" / header.name, header.read_text())
-    for header in (ROOT / "kernels").glob("*.cuh"):  # a header may launch too (launch.cuh)
-        _write(build_dir / "kernels" / header.name, rewrite_launches(header.read_text()))
     _write(build_dir / "csrc/cuda/dispatch.h", rewrite_glue((ROOT / "csrc/cuda/dispatch.h").read_text()))
     sources = [build_dir / "csrc/ops.cpp"]
     _write(sources[0], rewrite_schemas((ROOT / "csrc/ops.cpp").read_text()))
     for family in families:
         glue = build_dir / f"csrc/cuda/{family}.cpp"
         _write(glue, rewrite_glue((ROOT / f"csrc/cuda/{family}.cpp").read_text()))
-        kernel = build_dir / f"kernels/{family}_kernels.cpp"
-        _write(kernel, rewrite_kernel((ROOT / f"kernels/{family}.cu").read_text()))
-        sources += [glue, kernel]
-    return sources
+        sources.append(glue)
+    return sources + prepare_kernels(families, build_dir)
 
 
 def load(families: list[str] = list(FAMILIES), verbose: bool = False):
@@ -122,13 +129,7 @@ def build_program(source: Path, families: list[str], output: Path, defines: tupl
     import subprocess
 
     src = output.parent / "src"
-    (src / "kernels").mkdir(parents=True, exist_ok=True)
-    for header in (ROOT / "kernels").glob("*.cuh"):
-        _write(src / "kernels" / header.name, rewrite_launches(header.read_text()))
-    sources = []
-    for family in families:
-        sources.append(src / f"kernels/{family}_kernels.cpp")
-        _write(sources[-1], rewrite_kernel((ROOT / f"kernels/{family}.cu").read_text()))
+    sources = prepare_kernels(families, src)
     program = src / source.resolve().relative_to(ROOT).with_suffix(".cpp")
     program.parent.mkdir(parents=True, exist_ok=True)
     _write(program, rewrite_kernel(source.read_text()))
