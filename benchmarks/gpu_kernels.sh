@@ -11,10 +11,17 @@
 # EMULATE=1: a rehearsal of this script on the CPU (tests/test_kernel_program.py): the programs
 # built against tests/cuda_emulator, tiny batches, stand-in ceilings, no ncu; timings meaningless.
 set -uo pipefail
-OUT="${OUT:-$(mktemp -d)}"
-mkdir -p "$OUT"
-export PATH="$PATH:/usr/local/cuda/bin" PYTHONUNBUFFERED=1
+# The device tool returns at most 8 files from $OUT: everything is written to $BUILD/results and
+# packed into $OUT/kernels-results.tar.gz after each phase (so a run cut short still returns what
+# it had), with the table and the GPU's description beside it.
+DEST="${OUT:-$(mktemp -d)}"
+mkdir -p "$DEST"
+# PYTHONPATH: the checks import lvmfast.reference from this checkout (nothing is installed there)
+export PATH="$PATH:/usr/local/cuda/bin" PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 started=$(date +%s)
+# the Python with torch (`python` on the GPU machine; a bare python3 there may lack it)
+PY=python
+command -v python >/dev/null && python -c "import torch" 2>/dev/null || PY=python3
 stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
 ARCH="${ARCH:-sm_90}"
 EMULATE="${EMULATE:-0}"
@@ -39,7 +46,13 @@ sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -
 sypipe2:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=2 -DLVMFAST_SYLVESTER_MIN_BLOCKS=2 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=2}"
 BUILD="${BUILD:-/tmp/flow-kernels}"
 rm -rf "$BUILD"
-mkdir -p "$BUILD"
+OUT="$BUILD/results"
+mkdir -p "$OUT"
+pack() {
+  tar -czf "$DEST/kernels-results.tar.gz" -C "$OUT" . 2>/dev/null
+  for f in kernels-table.md gpu.txt; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$DEST/"; done
+  return 0
+}
 
 : >"$OUT/gpu.txt"
 if [ "$EMULATE" != 1 ]; then
@@ -56,7 +69,7 @@ build() {  # name, defines...
   shift
   mkdir -p "$dir"
   if [ "$EMULATE" = 1 ]; then
-    (cd tests && python3 -c 'import sys; from pathlib import Path; from cuda_emulator import build
+    (cd tests && "$PY" -c 'import sys; from pathlib import Path; from cuda_emulator import build
 build.build_program(Path("../benchmarks/kernels/flow_kernels.cu"), ["sylvester", "orthogonal", "householder"],
                     Path(sys.argv[1]), tuple(sys.argv[2:]))' "$dir/flow_kernels" "${@#-D}") >"$OUT/ptxas-$name.txt" 2>&1 \
       || { tail -20 "$OUT/ptxas-$name.txt"; echo "BUILD FAILED: $name"; return 1; }
@@ -94,45 +107,62 @@ for name in "${names[@]}"; do
 done
 [ ${#built[@]} -eq 0 ] && { echo "NOTHING BUILT"; exit 1; }
 
+pack
 stamp "checks against lvmfast.reference (float64)"
-check_rc=0
+# the launches are short; the float64 checks run on the CPU, all builds at once
+check() {  # name, size: the binary's dump, then the reference's verdict
+  local name=$1 size=$2 dump="$BUILD/$1/dump-$2" extra=()
+  [ "$size" = tiny ] && extra=(--tiny)
+  mkdir -p "$dump"
+  "$BUILD/$name/flow_kernels" "${extra[@]}" --once --dump "$dump" >"$OUT/check-$name-$size.txt" 2>&1 \
+    && OMP_NUM_THREADS=2 "$PY" benchmarks/check_kernel_dump.py "$dump" >>"$OUT/check-$name-$size.txt" 2>&1
+  echo $? >"$BUILD/$name/check-$size.rc"
+  rm -rf "$dump"
+}
+checks=()
 for name in "${built[@]}"; do
   # every build on odd tiny batches; the default also at the benchmark's batch
-  for size in tiny bench; do
-    [ "$size" = bench ] && { [ "$name" != default ] || [ "$EMULATE" = 1 ]; } && continue
-    dump="$BUILD/$name/dump-$size"
-    mkdir -p "$dump"
-    extra=(); [ "$size" = tiny ] && extra=(--tiny)
-    if "$BUILD/$name/flow_kernels" "${extra[@]}" --once --dump "$dump" >"$OUT/check-$name-$size.txt" 2>&1 \
-        && python3 benchmarks/check_kernel_dump.py "$dump" >>"$OUT/check-$name-$size.txt" 2>&1; then
-      echo "  $name ($size): all outputs within tolerance"
-    else
-      check_rc=1
-      echo "  $name ($size): FAILED"
-      grep -E "^FAIL" "$OUT/check-$name-$size.txt" | head -8
-      tail -3 "$OUT/check-$name-$size.txt"
-    fi
-    rm -rf "$dump"
-  done
+  checks+=("$name tiny")
+  [ "$name" = default ] && [ "$EMULATE" != 1 ] && checks+=("$name bench")
+done
+for c in "${checks[@]}"; do check $c & done
+wait
+check_rc=0
+for c in "${checks[@]}"; do
+  read -r name size <<<"$c"
+  if [ "$(cat "$BUILD/$name/check-$size.rc" 2>/dev/null)" = 0 ]; then
+    echo "  $name ($size): all outputs within tolerance"
+  else
+    check_rc=1
+    echo "  $name ($size): FAILED"
+    grep -E "^FAIL" "$OUT/check-$name-$size.txt" | head -8
+    tail -3 "$OUT/check-$name-$size.txt"
+  fi
 done
 
+pack
 stamp "ceilings"
 if [ "$EMULATE" = 1 ]; then
   echo '{"gpu": "the CPU emulation (stand-in ceilings)", "copy_bytes_per_s": 1e9, "fp32_flops_per_s": 1e9}' \
     >"$OUT/ceilings.json"
 else
-  python3 benchmarks/floors.py measure "$OUT/ceilings.json" | tee -a "$OUT/gpu.txt"
+  "$PY" benchmarks/floors.py measure "$OUT/ceilings.json" | tee -a "$OUT/gpu.txt"
 fi
 
+pack
 stamp "timings (scales $SCALES)"
 for name in "${built[@]}"; do
   timeout 240 "$BUILD/$name/flow_kernels" --variant "$name" --scales "$SCALES" "${RUN_ARGS[@]}" \
     >"$OUT/kernels-$name.jsonl" 2>"$OUT/kernels-$name.err" \
     || { echo "  $name: rc=$?"; tail -3 "$OUT/kernels-$name.err"; }
   stamp "  $name: $(grep -c '^{' "$OUT/kernels-$name.jsonl") rows"
+  pack
 done
 
-if [ "${NCU:-1}" != 0 ] && [ "$EMULATE" != 1 ] && command -v ncu >/dev/null; then
+# DEADLINE_S: no profile once this many seconds have passed (it takes a minute or two)
+if (( $(date +%s) - started > ${DEADLINE_S:-300} )); then
+  stamp "ncu skipped: past DEADLINE_S=${DEADLINE_S:-300}"
+elif [ "${NCU:-1}" != 0 ] && [ "$EMULATE" != 1 ] && command -v ncu >/dev/null; then
   stamp "ncu (default build, benchmark shapes, each flow kernel once)"
   # --clock-control none: the clocks the timings above ran at
   timeout 300 ncu --clock-control none --kernel-name regex:"forward|backward" \
@@ -142,7 +172,7 @@ if [ "${NCU:-1}" != 0 ] && [ "$EMULATE" != 1 ] && command -v ncu >/dev/null; the
   if [ -f "$OUT/ncu-default.ncu-rep" ]; then
     ncu --import "$OUT/ncu-default.ncu-rep" --csv --page details >"$OUT/ncu-details.csv" 2>/dev/null
     ncu --import "$OUT/ncu-default.ncu-rep" --csv --page raw >"$OUT/ncu-raw.csv" 2>/dev/null
-    python3 - "$OUT/ncu-details.csv" "$OUT/ncu-raw.csv" <<'EOF'
+    "$PY" - "$OUT/ncu-details.csv" "$OUT/ncu-raw.csv" <<'EOF'
 import csv, re, sys
 # one line per kernel launch: the details page's headline numbers and the raw page's top stalls
 want = ["Duration", "DRAM Throughput", "Compute (SM) Throughput", "Achieved Occupancy",
@@ -175,11 +205,13 @@ EOF
   fi
 fi
 
+pack
 stamp "tables"
 files=()
 for name in "${built[@]}"; do [ -s "$OUT/kernels-$name.jsonl" ] && files+=("$OUT/kernels-$name.jsonl"); done
 if [ -f "$OUT/ceilings.json" ] && [ ${#files[@]} -gt 0 ]; then
-  python3 benchmarks/floors.py kernels "$OUT/ceilings.json" "${files[@]}" | tee "$OUT/kernels-table.md"
+  "$PY" benchmarks/floors.py kernels "$OUT/ceilings.json" "${files[@]}" | tee "$OUT/kernels-table.md"
 fi
+pack
 stamp "done (checks rc=$check_rc)"
 exit $check_rc

@@ -12,6 +12,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import tarfile
 
 import pytest
 
@@ -177,6 +178,12 @@ def test_gpu_kernels_script_rehearses_on_the_emulation(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.count("all outputs within tolerance") == 2  # default and sypipe, tiny
+    # what the device tool returns: the table, the GPU's description and one archive of the rest
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu.txt", "kernels-results.tar.gz",
+                                                                   "kernels-table.md"]
+    with tarfile.open(tmp_path / "out" / "kernels-results.tar.gz") as archive:
+        packed = archive.getnames()
+    assert "./kernels-default.jsonl" in packed and "./check-sypipe-tiny.txt" in packed
     table = (tmp_path / "out" / "kernels-table.md").read_text()
     for build in ("default", "sypipe"):
         # one row a case and scale, one slope a case, one row a probe and scale, Björck's steps
