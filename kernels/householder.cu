@@ -18,6 +18,7 @@
 // block; otherwise atomics straight to global memory.
 #include "householder.cuh"
 #include "convert.cuh"
+#include "launch.cuh"
 
 #include <cstdint>
 
@@ -247,7 +248,9 @@ int epl_of(int64_t L) {
   return e <= 1 ? 1 : e <= 2 ? 2 : e <= 4 ? 4 : e <= 8 ? 8 : 0;
 }
 
-constexpr size_t kSmemLimit = 48 * 1024;  // default dynamic shared memory without opt-in
+// The shared gradient's rows go in shared memory up to the 48 KB that needs no opt-in (the kernels
+// have no static shared memory; launch_with_smem opts in should that change).
+constexpr size_t kSmemLimit = kNoOptInSharedBytes;
 
 }  // namespace
 
@@ -281,13 +284,13 @@ cudaError_t householder_backward(const scalar_t* grad, const scalar_t* out, cons
   const size_t acc_bytes = static_cast<size_t>(T * L) * sizeof(acc_t);
   const bool use_smem = shared && acc_bytes <= kSmemLimit;
   const size_t smem = use_smem ? acc_bytes : 0;
+  const int blocks = static_cast<int>(grid.x);
   switch (epl_of(L)) {
-#define LVMFAST_HH_BWD(E)                                                                  \
-  case E:                                                                                  \
-    backward_reg_kernel<scalar_t, acc_t, E><<<grid, kThreads, smem, stream>>>(             \
-        grad, out, v, grad_z, grad_v, grad_v_acc, B, T, L, shared, use_smem,               \
-        grad_row_stride, grad_col_stride);                                                 \
-    break;
+#define LVMFAST_HH_BWD(E)                                                                    \
+  case E:                                                                                    \
+    return launch_with_smem(backward_reg_kernel<scalar_t, acc_t, E>, blocks, kThreads, smem, \
+                            stream, grad, out, v, grad_z, grad_v, grad_v_acc, B, T, L,       \
+                            shared, use_smem, grad_row_stride, grad_col_stride);
     LVMFAST_HH_BWD(1)
     LVMFAST_HH_BWD(2)
     LVMFAST_HH_BWD(4)
@@ -295,11 +298,10 @@ cudaError_t householder_backward(const scalar_t* grad, const scalar_t* out, cons
 #undef LVMFAST_HH_BWD
     default:
       if (workspace == nullptr) return cudaErrorInvalidValue;
-      backward_ws_kernel<scalar_t, acc_t><<<grid, kThreads, smem, stream>>>(
-          grad, out, v, grad_z, grad_v, grad_v_acc, workspace, B, T, L, shared, use_smem,
-          grad_row_stride, grad_col_stride);
+      return launch_with_smem(backward_ws_kernel<scalar_t, acc_t>, blocks, kThreads, smem, stream,
+                              grad, out, v, grad_z, grad_v, grad_v_acc, workspace, B, T, L,
+                              shared, use_smem, grad_row_stride, grad_col_stride);
   }
-  return cudaGetLastError();
 }
 
 #define LVMFAST_HH_INSTANTIATE(S, A)                                                           \

@@ -19,7 +19,7 @@ OPTIN_LIMIT = 227 * 1024 - 32 * 8  # the emulated sharedMemPerBlockOptin, less t
 def home(D, M, dtype):
     """Where the forward keeps Q, Q' and A (orthogonal.cu's launcher), for the test ids."""
     smem = (2 * D * M + M * M) * (8 if dtype == torch.float64 else 4)
-    return "smem" if smem <= 48 * 1024 else "optin" if smem <= OPTIN_LIMIT else "global"
+    return "smem" if smem <= 48 * 1024 - 32 * 8 else "optin" if smem <= OPTIN_LIMIT else "global"
 
 
 def conditioned_q(shape, dtype, sigma_min=0.02):

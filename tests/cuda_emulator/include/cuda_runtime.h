@@ -81,7 +81,13 @@ struct cudaDeviceProp {
 
 namespace emu {
 
-constexpr size_t kDefaultSharedBytes = 48 * 1024;
+// A block's shared memory, static and dynamic together: 48 KB without the opt-in attribute,
+// kMaxSharedBytes (the device attribute) with it. The emulation cannot size a kernel's static
+// __shared__ variables (host statics here), so it counts kStaticSharedBytes for them, the
+// reserve the glue keeps (32 acc_t of reduction buffer; ptxas: at most 256 B in kernels/), so
+// that a launch whose dynamic part alone is at the 48 KB fails here as on a GPU.
+constexpr size_t kStaticSharedBytes = 256;
+constexpr size_t kDefaultSharedBytes = 48 * 1024 - kStaticSharedBytes;
 constexpr size_t kMaxSharedBytes = 227 * 1024;
 constexpr size_t kStackBytes = 256 * 1024;
 
@@ -394,10 +400,22 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     default: return "unspecified launch failure";
   }
 }
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes;
+  int maxDynamicSharedSizeBytes;
+};
+template <typename... Params>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, void (*kernel)(Params...)) {
+  const auto optin = ::emu::shared_optin().find(reinterpret_cast<const void*>(kernel));
+  attributes->sharedSizeBytes = ::emu::kStaticSharedBytes;
+  attributes->maxDynamicSharedSizeBytes =
+      int(optin != ::emu::shared_optin().end() ? optin->second : ::emu::kDefaultSharedBytes);
+  return cudaSuccess;
+}
 template <typename... Params>
 cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
-      size_t(value) > ::emu::kMaxSharedBytes)
+      size_t(value) > ::emu::kMaxSharedBytes - ::emu::kStaticSharedBytes)
     return cudaErrorInvalidValue;
   ::emu::shared_optin()[reinterpret_cast<const void*>(kernel)] = size_t(value);
   return cudaSuccess;

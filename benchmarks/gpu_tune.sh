@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine that tunes, then checks: times the Björck backward's build
+# variants with the kernels-alone program (gpu_kernels.sh, one batch scale), picks the fastest
+# backward among the builds whose float64 check passed (the default unless a variant is at least
+# MIN_GAIN faster), builds the extension with it and runs gpu_check.sh on that build (CUDA tests,
+# then the benchmarks of FAMILIES). $OUT gets gpu_check.sh's files and kernels.tar.gz
+# (gpu_kernels.sh's files and printout); the picked defines are in gpu.txt.
+#   bash benchmarks/gpu_tune.sh            (from the repository root)
+# KERNEL_DEADLINE_S, CHECK_DEADLINE_S: the two parts' time limits (gpu_check.sh's DEADLINE_S).
+# EMULATE=1: rehearses the first part and the pick on the CPU emulation (timings meaningless).
+set -uo pipefail
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+started=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - started )) s] $*"; }
+BUILD=/tmp/flow-kernels
+KOUT=/tmp/flow-kernels-out
+rm -rf "$KOUT"
+mkdir -p "$KOUT"
+# The Björck backward re-runs the forward's steps with 128 of its 256 threads at 2 blocks an SM
+# (benchmarks/kernels/NOTES.md); 128-thread blocks double the re-run's threads an SM. Its 48 KB of
+# shared memory with the prefetch allow 4 blocks an SM, 40 KB without it 5.
+BJ_VARIANTS="${BJ_VARIANTS:-bj128x4:-DLVMFAST_BJORCK_BACKWARD_THREADS=128 -DLVMFAST_BJORCK_BLOCKS_PER_SM=4;\
+bj256x3:-DLVMFAST_BJORCK_BLOCKS_PER_SM=3;\
+bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
+bj128x5nopf:-DLVMFAST_BJORCK_BACKWARD_THREADS=128 -DLVMFAST_BJORCK_BLOCKS_PER_SM=5 -DLVMFAST_BJORCK_PREFETCH=0}"
+
+stamp "kernels alone: default and the Björck backward variants"
+VARIANTS="$BJ_VARIANTS" SCALES=1 BUILD="$BUILD" DEADLINE_S="${KERNEL_DEADLINE_S:-150}" OUT="$KOUT" \
+  bash benchmarks/gpu_kernels.sh >"$KOUT/kernels.txt" 2>&1
+echo "gpu_kernels.sh rc=$?"
+grep -E "FAILED|within tolerance|rc=" "$KOUT/kernels.txt" | head -20
+tail -16 "$KOUT/kernels.txt"
+
+# name:defines pairs -> the defines of the fastest Björck backward that passed its check
+defines=$(python - "$BUILD" "${MIN_GAIN:-0.03}" "$BJ_VARIANTS" <<'EOF'
+import json, pathlib, sys
+build, min_gain, spec = pathlib.Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+defines = {"default": ""}
+for item in filter(None, spec.split(";")):
+    name, flags = item.split(":", 1)
+    defines[name] = " ".join(f[2:] for f in flags.split())  # -DX=1 -> X=1 (setup.py's form)
+times = {}
+for name in defines:
+    rc = build / name / "check-tiny.rc"
+    rows = build / "results" / f"kernels-{name}.jsonl"
+    if not (rc.exists() and rc.read_text().strip() == "0" and rows.exists()):
+        print(f"{name}: no passing check or no rows", file=sys.stderr)
+        continue
+    for line in rows.read_text().splitlines():
+        r = json.loads(line) if line.startswith("{") else {}
+        if r.get("op") == "bjorck_orthonormalize" and r.get("mode") == "bwd":
+            times[name] = r["cold_s"]
+print("Björck backward, cold us: " + ", ".join(f"{n} {t * 1e6:.1f}" for n, t in times.items()),
+      file=sys.stderr)
+best = min(times, key=times.get) if times else "default"
+if "default" in times and times[best] > (1 - min_gain) * times["default"]:
+    best = "default"
+print(f"picked: {best}", file=sys.stderr)
+print(defines[best])
+EOF
+)
+tar -czf "$OUT/kernels.tar.gz" -C "$KOUT" .
+
+if [ "${EMULATE:-0}" = 1 ]; then  # a rehearsal on the CPU (gpu_kernels.sh's EMULATE): no CUDA build
+  stamp "EMULATE=1: would build with -D '$defines'"
+  exit 0
+fi
+stamp "extension build and checks${defines:+ with -D $defines}"
+LVMFAST_CUDA_DEFINES="$defines" DEADLINE_S="${CHECK_DEADLINE_S:-440}" TEST_LIMIT_S="${TEST_LIMIT_S:-110}" \
+  BENCH_LIMIT_S="${BENCH_LIMIT_S:-100}" \
+  bash benchmarks/gpu_check.sh ${FAMILIES:-bjorck_orthonormalize sylvester_flow householder_flow}
+stamp "done"
