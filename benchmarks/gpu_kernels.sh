@@ -28,17 +28,18 @@ EMULATE="${EMULATE:-0}"
 RUN_ARGS=()
 [ "$EMULATE" = 1 ] && RUN_ARGS=(--tiny --reps 2 --launches 1 --cold-mb 1)
 SCALES="${SCALES:-1,4}"
-# Hypotheses (benchmarks/results/gpu-h100-2026-11-26-session5.md):
-#  bj*: the Björck backward re-runs the forward on 128 of its 256 threads at 2 blocks an SM, a
-#       quarter of the forward kernel's threads an SM; 128-thread blocks, 4 an SM, double that.
-#       bjnopf: without the walk's prefetch (session 6, never timed), to measure what it gives.
+# Hypotheses, and what the H100 said of them (benchmarks/kernels/NOTES.md):
+#  bj256x2: the Björck backward's shape before 2026-11-26 (2 blocks of 256 threads an SM, the
+#       re-run of the forward on 128 of them): 590 us against the default's 460.
+#  bjnopf: without the walk's prefetch: 610 us against 590 with it (at 256 x 2).
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
-#       threads a sample help) or by the loads (then the thread count does not matter).
+#       threads a sample help) or by the loads (then the thread count does not matter). Neither:
+#       256 threads help the Householder kind only, 64 the orthogonal forward only.
 #  sypipe*: in one wave every block loads, then every block computes, and nothing overlaps;
-#       fewer blocks, each loading its next sample while it computes the current one.
+#       fewer blocks, each loading its next sample while it computes the current one. Slower in
+#       every case (fewer bytes in flight).
 # (tests/test_kernel_program.py checks each of these builds on the CPU emulation.)
-VARIANTS="${VARIANTS:-bj128x4:-DLVMFAST_BJORCK_BACKWARD_THREADS=128 -DLVMFAST_BJORCK_BLOCKS_PER_SM=4;\
-bj256x3:-DLVMFAST_BJORCK_BLOCKS_PER_SM=3;\
+VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;\
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
 sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\

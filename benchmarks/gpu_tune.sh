@@ -18,11 +18,10 @@ BUILD=/tmp/flow-kernels
 KOUT=/tmp/flow-kernels-out
 rm -rf "$KOUT"
 mkdir -p "$KOUT"
-# The Björck backward re-runs the forward's steps with 128 of its 256 threads at 2 blocks an SM
-# (benchmarks/kernels/NOTES.md); 128-thread blocks double the re-run's threads an SM. Its 48 KB of
-# shared memory with the prefetch allow 4 blocks an SM, 40 KB without it 5.
-BJ_VARIANTS="${BJ_VARIANTS:-bj128x4:-DLVMFAST_BJORCK_BACKWARD_THREADS=128 -DLVMFAST_BJORCK_BLOCKS_PER_SM=4;\
-bj256x3:-DLVMFAST_BJORCK_BLOCKS_PER_SM=3;\
+# The Björck backward's shapes (benchmarks/kernels/NOTES.md): the default is 4 blocks of 128
+# threads an SM (its 48 KB of shared memory with the prefetch allow no more; 40 KB without it, 5);
+# bj256x2 is the shape before 2026-11-26.
+BJ_VARIANTS="${BJ_VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;\
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
 bj128x5nopf:-DLVMFAST_BJORCK_BACKWARD_THREADS=128 -DLVMFAST_BJORCK_BLOCKS_PER_SM=5 -DLVMFAST_BJORCK_PREFETCH=0}"
 

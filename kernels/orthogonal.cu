@@ -52,15 +52,16 @@ namespace {
 
 // The forward's two products have 4 x 4 tiles for every one of 128 threads at 64 x 32 (gemm_tn
 // with its D rows split in two); 128 threads also let 8 blocks an SM stay resident. The backward
-// keeps few blocks (its workspace is per block), so it runs more threads in each, though its
-// re-run of the forward uses only kForwardThreads of them (run_steps). The backward's two
-// constants can be overridden with -D, so that benchmarks/gpu_kernels.sh can time several
-// builds of these kernels in one call on a GPU.
+// re-runs the forward's steps on kForwardThreads threads (run_steps), so it has as many, 4 blocks
+// an SM (its 48 KB of shared memory allow no more). On the H100 (2026-11-26, 1024 matrices of
+// 64 x 32) that took 460 us against 590 us for 2 blocks of 256 threads and 608 us for 3, at twice
+// the workspace of 2 (it is per block). The two constants can be overridden with -D, so that
+// benchmarks/gpu_kernels.sh can time several builds of these kernels in one call on a GPU.
 #ifndef LVMFAST_BJORCK_BACKWARD_THREADS
-#define LVMFAST_BJORCK_BACKWARD_THREADS 256
+#define LVMFAST_BJORCK_BACKWARD_THREADS 128
 #endif
 #ifndef LVMFAST_BJORCK_BLOCKS_PER_SM
-#define LVMFAST_BJORCK_BLOCKS_PER_SM 2
+#define LVMFAST_BJORCK_BLOCKS_PER_SM 4
 #endif
 // 0: the walk back loads each step's Q and A after the previous step instead of during it (no
 // second A buffer); for benchmarks/gpu_kernels.sh to time the prefetch against.

@@ -25,7 +25,7 @@ PROBES = 3  # the Sylvester load phase alone, three ways
 # the variants of benchmarks/gpu_kernels.sh (their -D constants), each compiled and checked here
 VARIANTS = {
     "default": (),
-    "bj128x4": ("LVMFAST_BJORCK_BACKWARD_THREADS=128", "LVMFAST_BJORCK_BLOCKS_PER_SM=4"),
+    "bj256x2": ("LVMFAST_BJORCK_BACKWARD_THREADS=256", "LVMFAST_BJORCK_BLOCKS_PER_SM=2"),
     "bjnopf": ("LVMFAST_BJORCK_PREFETCH=0",),
     "sy256": ("LVMFAST_SYLVESTER_THREADS=256", "LVMFAST_SYLVESTER_MIN_BLOCKS=5",
               "LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4"),
