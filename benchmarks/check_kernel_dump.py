@@ -32,6 +32,8 @@ def _reference(row: dict, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
     op, backward = row["op"], row["mode"] == "bwd"
     if op == "sylvester_flow":
+        if row["shape"].endswith("-qcols"):  # the tensor q holds Q^T: Q's matrices column-major
+            t = {**t, "q": t["q"].mT}
         names = ["z", "r1", "r2", "b"] + (["q"] if "q" in t else [])
         params = [t[n].clone().requires_grad_(backward) for n in names]
         out, logdet = reference.sylvester.sylvester_flow(*params[:4], params[4] if "q" in t else None)

@@ -299,8 +299,13 @@ __device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* 
   const int M = static_cast<int>(p.M), D = static_cast<int>(p.D);
   stage_pair(dst.r1, R1, first || p.r1_bs != 0, dst.r2, R2, first || p.r2_bs != 0, M, M, true,
              tid);
-  if (p.qkind == 2)
-    stage_pair(dst.q, Q, first || p.q_bs != 0, dst.q, Q, false, D, M, false, tid);
+  if (p.qkind == 2) {
+    // q_columns: the source is a row-major M x D matrix (Q^T), staged through the transposed view
+    const bool t = p.q_columns;
+    const View<acc_t, int> q{dst.q.p, t ? dst.q.col : dst.q.row, t ? dst.q.row : dst.q.col,
+                             dst.q.off};
+    stage_pair(q, Q, first || p.q_bs != 0, q, Q, false, t ? M : D, t ? D : M, false, tid);
+  }
 }
 
 // dst[0, n) = src[0, n stride) in acc_t: issued with the sample's matrices (asynchronously when
@@ -361,7 +366,8 @@ __host__ __device__ __forceinline__ int64_t backward_vector_elements(const Sylve
   return backward_bias_offset(p) + p.M + 2 * kThreads;
 }
 
-// Views of one sample's matrices in global memory (row-major), for the unstaged kernels.
+// Views of one sample's matrices in global memory (row-major; Q column-major with q_columns), for
+// the unstaged kernels.
 template <typename scalar_t>
 struct Global {
   View<const scalar_t, int64_t> r1, r2, q;
@@ -370,7 +376,8 @@ template <typename scalar_t>
 __device__ __forceinline__ Global<scalar_t> global_views(const scalar_t* R1, const scalar_t* R2,
                                                          const scalar_t* Q,
                                                          const SylvesterDims& p) {
-  return {{R1, p.M, 1, 0}, {R2, p.M, 1, 0}, {Q, p.M, 1, 0}};
+  return {{R1, p.M, 1, 0}, {R2, p.M, 1, 0},
+          {Q, p.q_columns ? int64_t(1) : p.M, p.q_columns ? p.D : int64_t(1), 0}};
 }
 
 // One sample of the forward pass; `mats` holds views of R1, R2 and Q, staged (Staged, I = int)

@@ -24,6 +24,9 @@ struct SylvesterDims {
   int64_t B, D, M;
   int64_t r1_bs, r2_bs, b_bs, q_bs;  // batch strides in elements, 0 for a shared parameter
   int qkind;                         // 0: Q = I, 1: reversal permutation, 2: dense q
+  // q's matrices column-major (q[d, m] at d + m D), as torch.linalg.qr returns them on a GPU:
+  // read in place rather than copied first
+  bool q_columns;
 };
 
 // Element strides of the backward's incoming gradients: grad_out's rows and columns, and

@@ -19,7 +19,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROGRAM = ROOT / "benchmarks" / "kernels" / "flow_kernels.cu"
 FAMILIES = ["sylvester", "orthogonal", "householder"]
-CASES = 10  # 3 Sylvester kinds, Björck, Householder; forward and backward each
+# 3 Sylvester kinds and the orthogonal one with column-major Q, Björck, Householder; forward and
+# backward each
+CASES = 12
 PROBES = 3  # the Sylvester load phase alone, three ways
 
 # the variants of benchmarks/gpu_kernels.sh (their -D constants), each compiled and checked here
@@ -79,9 +81,9 @@ def test_every_kernel_matches_the_reference(programs, variant, tmp_path):
     run = _run(programs(variant), "--tiny", "--once", "--dump", str(tmp_path))
     assert run.returncode == 0, run.stderr
     results = _module("check_kernel_dump").check(tmp_path)
-    # every output of every case: Sylvester triangular 2 + 4, orthogonal and Householder kinds
-    # 2 + 5 each, Björck 1 + 1, householder_flow 1 + 2
-    assert len(results) == 6 + 7 + 7 + 2 + 3
+    # every output of every case: Sylvester triangular 2 + 4, orthogonal (both layouts of Q) and
+    # Householder kinds 2 + 5 each, Björck 1 + 1, householder_flow 1 + 2
+    assert len(results) == 6 + 7 + 7 + 7 + 2 + 3
     assert all(r.startswith("ok") for r in results), "\n".join(results)
 
 

@@ -170,10 +170,13 @@ size_t bytes_of(const Set& s) {
   return n * sizeof(float);
 }
 
-// sylvester_flow, one step: kind triangular (M = D, Q = I), orthogonal (M = D / 2, dense Q) or
-// householder (M = D, dense D x D Q); the backward also takes grad_out and grad_logdet.
+// sylvester_flow, one step: kind triangular (M = D, Q = I), orthogonal (M = D / 2, dense Q),
+// orthogonal-qcols (the same with Q's matrices column-major, as torch.linalg.qr makes them: the
+// tensor "q" holds Q^T, B x M x D) or householder (M = D, dense D x D Q); the backward also takes
+// grad_out and grad_logdet.
 Case sylvester_case(const char* kind, bool backward, int64_t B, const Device& dev) {
-  const int64_t D = 64, M = std::strcmp(kind, "orthogonal") == 0 ? 32 : 64;
+  const bool q_columns = std::strcmp(kind, "orthogonal-qcols") == 0;
+  const int64_t D = 64, M = std::strcmp(kind, "orthogonal") == 0 || q_columns ? 32 : 64;
   const bool dense = std::strcmp(kind, "triangular") != 0;
   Case c = named("sylvester_flow", kind, backward,
                  "\"B\": " + std::to_string(B) + ", \"D\": 64, \"M\": " + std::to_string(M) +
@@ -183,10 +186,13 @@ Case sylvester_case(const char* kind, bool backward, int64_t B, const Device& de
     const float rs = 1.f / std::sqrt(float(M)), qs = 1.f / std::sqrt(float(D));
     const Tensor z = normal("z", {B, D}, 1.f), r1 = normal("r1", {B, M, M}, rs),
                  r2 = normal("r2", {B, M, M}, rs), b = normal("b", {B, M}, 0.1f);
-    const Tensor q = dense ? normal("q", {B, D, M}, qs) : Tensor{};
+    const Tensor q = dense ? normal("q", q_columns ? std::vector<int64_t>{B, M, D}
+                                                   : std::vector<int64_t>{B, D, M}, qs)
+                           : Tensor{};
     s.inputs = {z, r1, r2, b};
     if (dense) s.inputs.push_back(q);
-    const k::SylvesterDims dims{B, D, M, M * M, M * M, M, dense ? D * M : 0, dense ? 2 : 0};
+    const k::SylvesterDims dims{B,     D, M, M * M, M * M, M, dense ? D * M : 0, dense ? 2 : 0,
+                                q_columns};
     if (!backward) {
       const Tensor out = output("out", {B, D}), logdet = output("logdet", {B});
       s.outputs = {out, logdet};
@@ -550,7 +556,7 @@ int main(int argc, char** argv) {
   const std::vector<int> scales = opts.once ? std::vector<int>{opts.scales[0]} : opts.scales;
   for (int scale : scales) {
     std::vector<Case> cases;
-    for (const char* kind : {"triangular", "orthogonal", "householder"})
+    for (const char* kind : {"triangular", "orthogonal", "orthogonal-qcols", "householder"})
       for (bool bwd : {false, true}) cases.push_back(sylvester_case(kind, bwd, sylvester_b * scale, dev));
     for (bool bwd : {false, true}) cases.push_back(bjorck_case(bwd, bjorck_n * scale, dev));
     for (bool bwd : {false, true}) cases.push_back(householder_case(bwd, householder_b * scale));

@@ -33,12 +33,16 @@ T* mut_ptr(at::Tensor& t) {
 
 struct Contiguous {
   at::Tensor z, r1, r2, b, q;  // q undefined when None
+  bool q_columns;              // q's matrices column-major (the kernels read them so)
 };
 
 Contiguous contiguous_inputs(const at::Tensor& z, const at::Tensor& r1, const at::Tensor& r2,
                              const at::Tensor& b, const std::optional<at::Tensor>& q) {
+  // q's matrices column-major with the batch outermost, as torch.linalg.qr returns them on a GPU,
+  // are read in place: copying them cost as much as the orthogonal kernel itself (H100, 2026-11-26)
+  const bool q_columns = q.has_value() && !q->is_contiguous() && q->mT().is_contiguous();
   return {z.contiguous(), r1.contiguous(), r2.contiguous(), b.contiguous(),
-          q.has_value() ? q->contiguous() : at::Tensor()};
+          !q.has_value() ? at::Tensor() : q_columns ? *q : q->contiguous(), q_columns};
 }
 
 kernels::SylvesterDims dims_of(const SylvesterShape& s, const Contiguous& in) {
@@ -49,7 +53,8 @@ kernels::SylvesterDims dims_of(const SylvesterShape& s, const Contiguous& in) {
           sylvester_batch_stride(in.r2, 3),
           sylvester_batch_stride(in.b, 2),
           in.q.defined() ? sylvester_batch_stride(in.q, 3) : 0,
-          static_cast<int>(s.qkind)};
+          static_cast<int>(s.qkind),
+          in.q_columns};
 }
 
 int num_sms() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
