@@ -390,7 +390,12 @@ def test_cuda_q_layouts(backend, kind, D, M, shared):
         out, logdet = run(backend, *ins, reverse)
         results.append((out, logdet, *torch.autograd.grad((out, logdet), ins, (g, gl))))
     for x, y in zip(*results):
-        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+        if backend == "native":  # passed on the H100 (2026-11-26)
+            torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+        else:
+            # Triton sums a shared q's gradient with atomics, in a varying order: float32 rounding
+            # apart (1e-5 absolute on the H100, 2026-11-26), so relative to the whole tensor
+            assert_close_rel(x, y, 1e-5, "layouts")
     ref_out, ref_logdet, ref_grads = reference_and_grads(tensors, q_rows, reverse, g, gl)
     assert_close_rel(results[0][0], ref_out, 2e-5, "z'")
     assert_close_rel(results[0][1], ref_logdet, 2e-5, "logdet")
