@@ -4,8 +4,8 @@
 //
 // Types: (scalar_t, acc_t) in {(float, float), (double, double), (__half, float),
 // (__nv_bfloat16, float)}. z, out, grad_z: (B, L) row-major (grad: any strides, see the
-// backward); v: (B, T, L) row-major, or (T, L) when `shared`. All launchers are asynchronous on `stream` (no host-device sync, CUDA
-// graph capturable) and return the launch's cudaError_t.
+// backward); v: (B, T, L) row-major, or (T, L) when `shared`. All launchers are asynchronous on
+// `stream` (no host-device sync, CUDA graph capturable) and return the launch's cudaError_t.
 #pragma once
 
 #include <cstdint>
