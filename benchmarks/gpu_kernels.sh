@@ -35,14 +35,19 @@ SCALES="${SCALES:-1,4}"
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
 #       threads a sample help) or by the loads (then the thread count does not matter). Neither:
 #       256 threads help the Householder kind only, 64 the orthogonal forward only.
+#  sy128: 128 threads for every kind, the default before the wide blocks (256 threads where a
+#       block stages over 28 kB: the Householder kind at D = 64). Predicted: the Householder
+#       kind 30.4 against 33.0 us forward and 55.1 against 65.5 backward (sy256's and the old
+#       default's on 2026-11-26), the other kinds within noise of the default.
 #  sypipe*: in one wave every block loads, then every block computes, and nothing overlaps;
 #       fewer blocks, each loading its next sample while it computes the current one. Slower in
 #       every case (fewer bytes in flight).
 # (tests/test_kernel_program.py checks each of these builds on the CPU emulation.)
 VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;\
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
+sy128:-DLVMFAST_SYLVESTER_WIDE_THREADS=128;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
-sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
+sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_WIDE_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
 sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
 sypipe2:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=2 -DLVMFAST_SYLVESTER_MIN_BLOCKS=2 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=2}"
 BUILD="${BUILD:-/tmp/flow-kernels}"

@@ -14,7 +14,8 @@
 //             (triangular) .. 101 MB = 30 us (Householder).
 //   Four triangular flows, forward + backward: ~4 x 20 us = 80 us floor, plus ~8 launches.
 //
-// Design: a block of 128 threads owns one sample at a time (grid-stride over the batch).
+// Design: a block of 128 threads owns one sample at a time (grid-stride over the batch); 256
+// when the sample's staged matrices leave fewer than 8 blocks an SM (kWideAboveBytes).
 // The sample's vectors (z, y, h, c, gradients: O(D + M)) live in shared memory. Its matrices
 // are staged there too when they fit (kStagedSmemLimit): every thread issues its share of
 // the upper triangles (and of a dense Q), with z, b (and the backward's grad_out), at once, as
@@ -64,22 +65,40 @@ namespace {
 #ifndef LVMFAST_SYLVESTER_THREADS
 #define LVMFAST_SYLVESTER_THREADS 128
 #endif
+#ifndef LVMFAST_SYLVESTER_WIDE_THREADS
+#define LVMFAST_SYLVESTER_WIDE_THREADS 256
+#endif
 #ifndef LVMFAST_SYLVESTER_MIN_BLOCKS
 #define LVMFAST_SYLVESTER_MIN_BLOCKS 10
 #endif
 #ifndef LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS
 #define LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS 8
 #endif
-constexpr int kThreads = LVMFAST_SYLVESTER_THREADS;
-static_assert(kThreads % 32 == 0 && (kThreads & (kThreads - 1)) == 0,
+// Threads a block. The staged kernels of a sample whose shared-memory footprint leaves fewer than
+// 8 blocks an SM (kWideAboveBytes) get the wide count instead: on the H100 (2026-11-26, builds
+// of one count each) 256 threads took the Householder kind (a 64 x 64 Q beside the triangles,
+// 35 kB a forward block, 6 blocks an SM) from 33.0 to 30.4 us forward and from 65.5 to 55.1 us
+// backward, and slowed the triangular (18 kB) and orthogonal (14 kB) kinds: 18.8 -> 20.6 and
+// 16.1 -> 20.7 us forward. The footprint is the rule, the kind its one measured case; the
+// build that picks per launch (this one) has not yet run on a GPU (gpu_kernels.sh: sy128).
+constexpr int kNarrowThreads = LVMFAST_SYLVESTER_THREADS;
+constexpr int kWideThreads = LVMFAST_SYLVESTER_WIDE_THREADS;
+constexpr size_t kWideAboveBytes = 28 * 1024;
+constexpr bool valid_threads(int threads) {
+  return threads % 32 == 0 && (threads & (threads - 1)) == 0;
+}
+static_assert(valid_threads(kNarrowThreads) && valid_threads(kWideThreads),
               "the row groups and column splits need a power-of-two block of whole warps");
-constexpr int kWarps = kThreads / 32;
-// Registers for at least this many resident blocks an SM: the benchmark's 1024 samples need 8 on
-// an H100 (132 SMs) to run in one wave. Left free, ptxas gave the backward 128 registers after a
-// small change (4 blocks an SM). The forward fits 10 blocks' worth (48 registers) without
-// spilling; the backward spills there, and gets 8 (64 registers).
+// Registers for at least this many resident blocks of kNarrowThreads an SM (as many threads for
+// other counts): the benchmark's 1024 samples need 8 on an H100 (132 SMs) to run in one wave.
+// Left free, ptxas gave the backward 128 registers after a small change (4 blocks an SM). The
+// forward fits 10 blocks' worth (48 registers) without spilling; the backward spills there, and
+// gets 8 (64 registers).
 constexpr int kMinBlocksPerSm = LVMFAST_SYLVESTER_MIN_BLOCKS;
 constexpr int kMinBackwardBlocksPerSm = LVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS;
+constexpr int min_blocks(int narrow_blocks, int threads) {
+  return narrow_blocks * kNarrowThreads >= threads ? narrow_blocks * kNarrowThreads / threads : 1;
+}
 // Double-buffered staging (off by default; benchmarks/gpu_kernels.sh times it): fewer blocks, each
 // walking several samples and loading the next one's matrices while it computes the current one,
 // instead of one wave of blocks that all load and then all compute.
@@ -117,6 +136,7 @@ __device__ __forceinline__ T warp_sum(T v) {
 
 // Threads that share a row in the staged row dots: the largest power of two g <= 32 with
 // g * rows <= kThreads, so that every row of a pass runs at once and a group sits in one warp.
+template <int kThreads>
 __host__ __device__ __forceinline__ int group_size(int64_t rows) {
   int g = 1;
   while (g < 32 && 2 * g * rows <= kThreads) g *= 2;
@@ -147,14 +167,16 @@ __host__ __device__ __forceinline__ int64_t odd_multiple(int64_t lo, int64_t g) 
 // an odd multiple of g, m (ld + 1) takes 32 / g distinct multiples of g mod 32 over a warp's
 // rows, and 1 + j or j ld (= -j mod g) g distinct residues: 32 distinct banks. Column walks
 // (R^T v) read along a row or column of W, consecutive threads on consecutive banks.
+template <int kThreads>
 __host__ __device__ __forceinline__ int64_t triangles_ld(int64_t M) {
-  return odd_multiple(M + 2, group_size(M)) - 1;
+  return odd_multiple(M + 2, group_size<kThreads>(M)) - 1;
 }
 
 // Row stride of a staged dense Q (D x M): lane j of row d's group starts at element d ld + j;
 // ld an odd multiple of g gives a warp's rows and lanes 32 distinct banks.
+template <int kThreads>
 __host__ __device__ __forceinline__ int64_t dense_ld(int64_t rows, int64_t cols) {
-  return odd_multiple(cols, group_size(rows));
+  return odd_multiple(cols, group_size<kThreads>(rows));
 }
 
 // emit(m, sum_{k >= k0} A(m, k) v[k]) for every row m < rows, on one thread per row, with
@@ -162,10 +184,11 @@ __host__ __device__ __forceinline__ int64_t dense_ld(int64_t rows, int64_t cols)
 // a row: group_size(rows) for shared memory, so that all rows of a pass run at once; a whole
 // warp for global memory, so that its loads along the row coalesce. Every thread of the block
 // must call it (the shuffles need whole warps).
-template <bool kStaged, typename acc_t, typename T, typename I, typename Emit>
+template <int kThreads, bool kStaged, typename acc_t, typename T, typename I, typename Emit>
 __device__ __forceinline__ void row_dots(const View<T, I>& A, const acc_t* v, I rows, I cols,
                                          bool upper, int tid, Emit&& emit) {
-  const int g = kStaged ? group_size(rows) : 32, j = tid & (g - 1), per_pass = kThreads / g;
+  const int g = kStaged ? group_size<kThreads>(rows) : 32, j = tid & (g - 1);
+  const int per_pass = kThreads / g;
   for (I base = 0; base < rows; base += per_pass) {
     const I m = base + tid / g;
     acc_t s = 0;
@@ -180,6 +203,7 @@ __device__ __forceinline__ void row_dots(const View<T, I>& A, const acc_t* v, I 
 // Threads that share a column of a transposed product (R^T v, Q^T v): the largest power of two
 // with parts * cols <= kThreads, so that a short column count (M = 32) keeps the whole block
 // busy instead of a quarter of it.
+template <int kThreads>
 __host__ __device__ __forceinline__ int column_parts(int64_t cols) {
   int parts = 1;
   while (2 * parts * cols <= kThreads) parts *= 2;
@@ -192,11 +216,11 @@ __host__ __device__ __forceinline__ int column_parts(int64_t cols) {
 // partial[p cols + k] (v2's at partial[kThreads + p cols + k]), or in dst[k] (dst2[k]) when there
 // is one split; column_sum adds them up in a fixed order. No barrier: the caller's next one
 // publishes the sums.
-template <typename acc_t, typename T, typename I>
+template <int kThreads, typename acc_t, typename T, typename I>
 __device__ __forceinline__ void column_dots(const View<T, I>& A, I rows, I cols, bool upper,
                                             const acc_t* v, acc_t* dst, const acc_t* v2,
                                             acc_t* dst2, acc_t* partial, int tid) {
-  const int parts = column_parts(cols);
+  const int parts = column_parts<kThreads>(cols);
   const int part = parts > 1 ? tid / static_cast<int>(cols) : 0;
   if (part >= parts) return;
   // with splits, parts * cols <= kThreads: one column a thread
@@ -217,9 +241,9 @@ __device__ __forceinline__ void column_dots(const View<T, I>& A, I rows, I cols,
     }
   }
 }
-template <typename acc_t, typename I>
+template <int kThreads, typename acc_t, typename I>
 __device__ __forceinline__ acc_t column_sum(const acc_t* dst, const acc_t* partial, I M, I k) {
-  const int parts = column_parts(M);
+  const int parts = column_parts<kThreads>(M);
   if (parts == 1) return dst[k];
   acc_t s = 0;
   for (int p = 0; p < parts; ++p) s += partial[p * M + k];
@@ -249,7 +273,7 @@ constexpr int kBatch = 8;
 // block (coalesced), (row, col) advanced without a division per step. Without a conversion the
 // copies are asynchronous (the caller waits: wait_async_copies); with one, each thread issues
 // kBatch loads per matrix before storing any, so that many loads are in flight.
-template <typename scalar_t, typename acc_t>
+template <int kThreads, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage_pair(const View<acc_t, int>& dst_a, const scalar_t* a,
                                            bool copy_a, const View<acc_t, int>& dst_b,
                                            const scalar_t* b, bool copy_b, int rows, int cols,
@@ -291,27 +315,27 @@ __device__ __forceinline__ void stage_pair(const View<acc_t, int>& dst_a, const 
 
 // Issues the copies of one sample's matrices; the caller waits (wait_async_copies). A shared
 // parameter (batch stride 0) is copied for the block's first sample only.
-template <typename scalar_t, typename acc_t>
+template <int kThreads, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* R1,
                                       const scalar_t* R2, const scalar_t* Q,
                                       const SylvesterDims& p, bool first, int tid) {
   // staged sizes are small (kStagedSmemLimit): 32-bit indices
   const int M = static_cast<int>(p.M), D = static_cast<int>(p.D);
-  stage_pair(dst.r1, R1, first || p.r1_bs != 0, dst.r2, R2, first || p.r2_bs != 0, M, M, true,
-             tid);
+  stage_pair<kThreads>(dst.r1, R1, first || p.r1_bs != 0, dst.r2, R2, first || p.r2_bs != 0, M, M,
+                       true, tid);
   if (p.qkind == 2) {
     // q_columns: the source is a row-major M x D matrix (Q^T), staged through the transposed view
     const bool t = p.q_columns;
     const View<acc_t, int> q{dst.q.p, t ? dst.q.col : dst.q.row, t ? dst.q.row : dst.q.col,
                              dst.q.off};
-    stage_pair(q, Q, first || p.q_bs != 0, q, Q, false, t ? M : D, t ? D : M, false, tid);
+    stage_pair<kThreads>(q, Q, first || p.q_bs != 0, q, Q, false, t ? M : D, t ? D : M, false, tid);
   }
 }
 
 // dst[0, n) = src[0, n stride) in acc_t: issued with the sample's matrices (asynchronously when
 // no conversion is needed), so that z, grad_out and b arrive in the same wait as the matrices
 // instead of one memory latency each after it.
-template <typename scalar_t, typename acc_t>
+template <int kThreads, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage_vector(acc_t* dst, const scalar_t* src, int n, int tid,
                                              int64_t stride = 1) {
   for (int i = tid; i < n; i += kThreads) {
@@ -325,30 +349,32 @@ __device__ __forceinline__ void stage_vector(acc_t* dst, const scalar_t* src, in
 // ys = Q^T zs (and gs = Q^T g when g is given) for a dense D x M Q, by column_dots, with the
 // splits added up (partial: kThreads acc_t, twice that with g). Every thread must call it; it
 // ends with a barrier.
-template <typename acc_t, typename T, typename I>
+template <int kThreads, typename acc_t, typename T, typename I>
 __device__ __forceinline__ void transposed_dots(const View<T, I>& Q, const acc_t* zs,
                                                 const acc_t* g, I D, I M, acc_t* ys, acc_t* gs,
                                                 acc_t* partial, int tid) {
-  column_dots(Q, D, M, false, zs, ys, g, gs, partial, tid);
+  column_dots<kThreads>(Q, D, M, false, zs, ys, g, gs, partial, tid);
   __syncthreads();
-  if (column_parts(M) == 1) return;
+  if (column_parts<kThreads>(M) == 1) return;
   for (I m = tid; m < M; m += kThreads) {
-    ys[m] = column_sum(ys, partial, M, m);
-    if (g != nullptr) gs[m] = column_sum(gs, partial + kThreads, M, m);
+    ys[m] = column_sum<kThreads>(ys, partial, M, m);
+    if (g != nullptr) gs[m] = column_sum<kThreads>(gs, partial + kThreads, M, m);
   }
   __syncthreads();
 }
 
-template <typename acc_t>
+template <int kThreads, typename acc_t>
 __device__ __forceinline__ Staged<acc_t> staged_layout(acc_t* mats, const SylvesterDims& p) {
-  const int M = static_cast<int>(p.M), ld = static_cast<int>(triangles_ld(p.M));
+  const int M = static_cast<int>(p.M), ld = static_cast<int>(triangles_ld<kThreads>(p.M));
   return {{mats, 1, ld, 0}, {mats, ld, 1, 1},
-          {mats + M * ld, static_cast<int>(dense_ld(p.D, p.M)), 1, 0}};
+          {mats + M * ld, static_cast<int>(dense_ld<kThreads>(p.D, p.M)), 1, 0}};
 }
 
 // Shared-memory elements of a block: the vectors, then (staged) the matrices.
+template <int kThreads>
 __host__ __device__ __forceinline__ int64_t staged_elements(const SylvesterDims& p) {
-  return p.M * triangles_ld(p.M) + (p.qkind == 2 ? p.D * dense_ld(p.D, p.M) : 0);
+  return p.M * triangles_ld<kThreads>(p.M) +
+         (p.qkind == 2 ? p.D * dense_ld<kThreads>(p.D, p.M) : 0);
 }
 // A block's vectors: z, y, h, c, then b (staged with the matrices) and the partial sums of one
 // column_dots (forward); z, grad_out, nine of size M, then b and the partial sums of two
@@ -359,9 +385,11 @@ __host__ __device__ __forceinline__ int64_t forward_bias_offset(const SylvesterD
 __host__ __device__ __forceinline__ int64_t backward_bias_offset(const SylvesterDims& p) {
   return 2 * p.D + 9 * p.M;
 }
+template <int kThreads>
 __host__ __device__ __forceinline__ int64_t forward_vector_elements(const SylvesterDims& p) {
   return forward_bias_offset(p) + p.M + kThreads;
 }
+template <int kThreads>
 __host__ __device__ __forceinline__ int64_t backward_vector_elements(const SylvesterDims& p) {
   return backward_bias_offset(p) + p.M + 2 * kThreads;
 }
@@ -382,7 +410,7 @@ __device__ __forceinline__ Global<scalar_t> global_views(const scalar_t* R1, con
 
 // One sample of the forward pass; `mats` holds views of R1, R2 and Q, staged (Staged, I = int)
 // or in global memory (Global, I = int64_t).
-template <bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
+template <int kThreads, bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
 __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& mats,
                                                const scalar_t* bn, scalar_t* outn,
                                                scalar_t* logdetn, acc_t* vectors,
@@ -391,6 +419,7 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
   const I D = static_cast<I>(p.D), M = static_cast<I>(p.M);
   const auto &R1 = mats.r1, &R2 = mats.r2, &Q = mats.q;
   const int lane = tid & 31, warp = tid >> 5;
+  constexpr int kWarps = kThreads / 32;
   acc_t* zs = vectors;
   acc_t* y = zs + D;
   acc_t* h = y + M;
@@ -401,26 +430,26 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
     for (I d = tid; d < D; d += kThreads) zs[d] = load<acc_t>(zn, d);
   __syncthreads();
   if (p.qkind == 2) {
-    transposed_dots(Q, zs, static_cast<const acc_t*>(nullptr), D, M, y, y, partial, tid);
+    transposed_dots<kThreads>(Q, zs, static_cast<const acc_t*>(nullptr), D, M, y, y, partial, tid);
   } else {
     for (I m = tid; m < M; m += kThreads) y[m] = zs[p.qkind == 0 ? m : D - 1 - m];
     __syncthreads();
   }
   acc_t my_logdet = 0;
-  row_dots<kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
+  row_dots<kThreads, kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
     const acc_t hm = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
     h[m] = hm;
     const acc_t diag = to_acc<acc_t>(R1(m, m)) * to_acc<acc_t>(R2(m, m));
     my_logdet += log_abs(acc_t(1) + (acc_t(1) - hm * hm) * diag);
   });
   __syncthreads();
-  row_dots<kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
+  row_dots<kThreads, kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
   __syncthreads();
   if (p.qkind != 2) {
     for (I d = tid; d < D; d += kThreads)
       outn[d] = from_acc<scalar_t>(zs[d] + c[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    row_dots<kStaged>(Q, c, D, M, false, tid,
+    row_dots<kThreads, kStaged>(Q, c, D, M, false, tid,
                       [&](I d, acc_t s) { outn[d] = from_acc<scalar_t>(zs[d] + s); });
   }
   my_logdet = warp_sum(my_logdet);
@@ -468,27 +497,32 @@ __device__ __forceinline__ void stage_sample(Issue&& issue, int64_t n, int64_t i
 
 // kBuffers = 2 (staged only): double-buffered staging, the next sample's copies issued before
 // the current sample's computation (kPipelineBlocksPerSm).
-template <typename scalar_t, typename acc_t, bool kStaged, int kBuffers>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+template <int kThreads, typename scalar_t, typename acc_t, bool kStaged, int kBuffers>
+__global__ void __launch_bounds__(kThreads, min_blocks(kMinBlocksPerSm, kThreads))
     forward_kernel(const scalar_t* __restrict__ z, const scalar_t* __restrict__ r1,
                    const scalar_t* __restrict__ r2, const scalar_t* __restrict__ b,
                    const scalar_t* __restrict__ q, scalar_t* __restrict__ out,
                    scalar_t* __restrict__ logdet, SylvesterDims p) {
   static_assert(kBuffers == 1 || (kBuffers == 2 && kStaged), "double buffers are staged ones");
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ acc_t warp_logdet[kWarps];
+  __shared__ acc_t warp_logdet[kThreads / 32];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
-  const int64_t per_buffer = forward_vector_elements(p) + (kStaged ? staged_elements(p) : 0);
+  const int64_t vector_elements = forward_vector_elements<kThreads>(p);
+  const int64_t per_buffer = vector_elements + (kStaged ? staged_elements<kThreads>(p) : 0);
   const int tid = threadIdx.x;
+  auto layout = [&](acc_t* vectors) {
+    return staged_layout<kThreads>(vectors + vector_elements, p);
+  };
   // Issues the copies of sample n into buffer k; `first`: the buffer's first sample (a shared
   // parameter is staged once per buffer).
   auto issue = [&](int64_t n, int k, bool first) {
     acc_t* vectors = smem + k * per_buffer;
     const int D = static_cast<int>(p.D), M = static_cast<int>(p.M);
-    stage(staged_layout(vectors + forward_vector_elements(p), p), r1 + n * p.r1_bs,
-          r2 + n * p.r2_bs, p.qkind == 2 ? q + n * p.q_bs : nullptr, p, first, tid);
-    stage_vector(vectors, z + n * p.D, D, tid);
-    if (first || p.b_bs != 0) stage_vector(vectors + forward_bias_offset(p), b + n * p.b_bs, M, tid);
+    stage<kThreads>(layout(vectors), r1 + n * p.r1_bs, r2 + n * p.r2_bs,
+                    p.qkind == 2 ? q + n * p.q_bs : nullptr, p, first, tid);
+    stage_vector<kThreads>(vectors, z + n * p.D, D, tid);
+    if (first || p.b_bs != 0)
+      stage_vector<kThreads>(vectors + forward_bias_offset(p), b + n * p.b_bs, M, tid);
   };
   if constexpr (kStaged) stage_first<kBuffers>(issue, p.B);
   int64_t i = 0;
@@ -498,10 +532,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     if constexpr (kStaged) {
       stage_sample<kBuffers>(issue, n, i, p.B);
       // forward_sample's first barrier orders these copies before their use
-      forward_sample<true, int>(z + n * p.D, staged_layout(vectors + forward_vector_elements(p), p),
-                                bn, out + n * p.D, logdet + n, vectors, warp_logdet, p, tid);
+      forward_sample<kThreads, true, int>(z + n * p.D, layout(vectors), bn, out + n * p.D,
+                                          logdet + n, vectors, warp_logdet, p, tid);
     } else {
-      forward_sample<false, int64_t>(
+      forward_sample<kThreads, false, int64_t>(
           z + n * p.D,
           global_views(r1 + n * p.r1_bs, r2 + n * p.r2_bs, p.qkind == 2 ? q + n * p.q_bs : nullptr, p),
           bn, out + n * p.D, logdet + n, vectors, warp_logdet, p, tid);
@@ -519,7 +553,7 @@ struct SampleGrads {
 };
 
 // gn: the sample's row of grad_out, its elements `g_stride` apart.
-template <bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
+template <int kThreads, bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
 __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_stride, acc_t gl,
                                                 const scalar_t* zn, const Mats& mats,
                                                 const scalar_t* bn,
@@ -529,6 +563,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
   const auto &R1 = mats.r1, &R2 = mats.r2, &Q = mats.q;
   const bool dense = p.qkind == 2;
   const int lane = tid & 31, warp = tid >> 5;
+  constexpr int kWarps = kThreads / 32;
   acc_t* zs = vectors;
   acc_t* gs = zs + D;
   acc_t* y = gs + D;
@@ -551,7 +586,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
   __syncthreads();
   // y = Q^T z and gc = Q^T g, in one pass over Q.
   if (dense) {
-    transposed_dots(Q, zs, static_cast<const acc_t*>(gs), D, M, y, gc, partial, tid);
+    transposed_dots<kThreads>(Q, zs, static_cast<const acc_t*>(gs), D, M, y, gc, partial, tid);
   } else {
     for (I m = tid; m < M; m += kThreads) {
       const I d = p.qkind == 0 ? m : D - 1 - m;
@@ -561,7 +596,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
     __syncthreads();
   }
   // h, and the log-det's gradients: w.r.t. h (kept in ga until gh is known) and the diagonals.
-  row_dots<kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
+  row_dots<kThreads, kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
     const acc_t hm = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
     const acc_t r1d = to_acc<acc_t>(R1(m, m)), r2d = to_acc<acc_t>(R2(m, m));
     const acc_t s = acc_t(1) - hm * hm;
@@ -573,9 +608,9 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
   });
   __syncthreads();
   // gh = R1^T gc (split sums, added up below); c = R1 h (needed for grad_q only).
-  column_dots(R1, M, M, true, static_cast<const acc_t*>(gc), gh, static_cast<const acc_t*>(nullptr),
-              gh, partial, tid);
-  if (dense) row_dots<kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
+  column_dots<kThreads>(R1, M, M, true, static_cast<const acc_t*>(gc), gh,
+                        static_cast<const acc_t*>(nullptr), gh, partial, tid);
+  if (dense) row_dots<kThreads, kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
   __syncthreads();
   // grad_r1 = triu(gc h^T) + diag(dg1); then ga = s * (gh + d logdet / dh) = grad_b.
   for (I m = warp; m < M; m += kWarps) {
@@ -586,14 +621,14 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
     }
   }
   for (I m = tid; m < M; m += kThreads) {
-    const acc_t v = (acc_t(1) - h[m] * h[m]) * (column_sum(gh, partial, M, m) + ga[m]);
+    const acc_t v = (acc_t(1) - h[m] * h[m]) * (column_sum<kThreads>(gh, partial, M, m) + ga[m]);
     ga[m] = v;
     put(out.b, out.ws_b, m, v);
   }
   __syncthreads();
   // gy = R2^T ga (split sums, added up below); grad_r2 = triu(ga y^T) + diag(dg2).
-  column_dots(R2, M, M, true, static_cast<const acc_t*>(ga), gy, static_cast<const acc_t*>(nullptr),
-              gy, partial, tid);
+  column_dots<kThreads>(R2, M, M, true, static_cast<const acc_t*>(ga), gy,
+                        static_cast<const acc_t*>(nullptr), gy, partial, tid);
   for (I m = warp; m < M; m += kWarps) {
     for (I k = lane; k < M; k += 32) {
       acc_t v = k >= m ? ga[m] * y[k] : acc_t(0);
@@ -602,8 +637,8 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
     }
   }
   __syncthreads();
-  if (column_parts(M) > 1) {
-    for (I k = tid; k < M; k += kThreads) gy[k] = column_sum(gy, partial, M, k);
+  if (column_parts<kThreads>(M) > 1) {
+    for (I k = tid; k < M; k += kThreads) gy[k] = column_sum<kThreads>(gy, partial, M, k);
     __syncthreads();
   }
   // grad_z = g + Q gy; grad_q = z gy^T + g c^T.
@@ -611,7 +646,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
     for (I d = tid; d < D; d += kThreads)
       out.z[d] = from_acc<scalar_t>(gs[d] + gy[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    row_dots<kStaged>(Q, gy, D, M, false, tid,
+    row_dots<kThreads, kStaged>(Q, gy, D, M, false, tid,
                       [&](I d, acc_t s) { out.z[d] = from_acc<scalar_t>(gs[d] + s); });
     for (I d = warp; d < D; d += kWarps)
       for (I m = lane; m < M; m += 32)
@@ -621,8 +656,8 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
 }
 
 // kBuffers: as forward_kernel's.
-template <typename scalar_t, typename acc_t, bool kStaged, int kBuffers>
-__global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
+template <int kThreads, typename scalar_t, typename acc_t, bool kStaged, int kBuffers>
+__global__ void __launch_bounds__(kThreads, min_blocks(kMinBackwardBlocksPerSm, kThreads))
     backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ grad_logdet,
                     const scalar_t* __restrict__ z, const scalar_t* __restrict__ r1,
                     const scalar_t* __restrict__ r2, const scalar_t* __restrict__ b,
@@ -636,7 +671,8 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
   const int64_t D = p.D, M = p.M, MM = M * M;
   const bool dense = p.qkind == 2;
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
-  const int64_t per_buffer = backward_vector_elements(p) + (kStaged ? staged_elements(p) : 0);
+  const int64_t vector_elements = backward_vector_elements<kThreads>(p);
+  const int64_t per_buffer = vector_elements + (kStaged ? staged_elements<kThreads>(p) : 0);
   // This block's slices of the shared parameters' gradient sums (nullptr: amortized).
   acc_t* slice = workspace == nullptr ? nullptr : workspace + blockIdx.x * shared_size;
   SampleGrads<scalar_t, acc_t> out{};
@@ -645,15 +681,19 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
   if (p.b_bs == 0) out.ws_b = slice, slice += M;
   if (dense && p.q_bs == 0) out.ws_q = slice;
   const int tid = threadIdx.x;
+  auto layout = [&](acc_t* vectors) {
+    return staged_layout<kThreads>(vectors + vector_elements, p);
+  };
   // Issues the copies of sample n into buffer k (`first`: as in forward_kernel).
   auto issue = [&](int64_t n, int k, bool first) {
     acc_t* vectors = smem + k * per_buffer;
     const int Di = static_cast<int>(D), Mi = static_cast<int>(M);
-    stage(staged_layout(vectors + backward_vector_elements(p), p), r1 + n * p.r1_bs,
-          r2 + n * p.r2_bs, dense ? q + n * p.q_bs : nullptr, p, first, tid);
-    stage_vector(vectors, z + n * D, Di, tid);
-    stage_vector(vectors + Di, grad_out + n * gst.out_row, Di, tid, gst.out_col);
-    if (first || p.b_bs != 0) stage_vector(vectors + backward_bias_offset(p), b + n * p.b_bs, Mi, tid);
+    stage<kThreads>(layout(vectors), r1 + n * p.r1_bs, r2 + n * p.r2_bs,
+                    dense ? q + n * p.q_bs : nullptr, p, first, tid);
+    stage_vector<kThreads>(vectors, z + n * D, Di, tid);
+    stage_vector<kThreads>(vectors + Di, grad_out + n * gst.out_row, Di, tid, gst.out_col);
+    if (first || p.b_bs != 0)
+      stage_vector<kThreads>(vectors + backward_bias_offset(p), b + n * p.b_bs, Mi, tid);
   };
   if constexpr (kStaged) stage_first<kBuffers>(issue, p.B);
   int64_t i = 0;
@@ -670,16 +710,27 @@ __global__ void __launch_bounds__(kThreads, kMinBackwardBlocksPerSm)
       stage_sample<kBuffers>(issue, n, i, p.B);
       // backward_sample's first barrier orders these copies before their use, and its last
       // one their reuse
-      backward_sample<true, int>(grad_out + n * gst.out_row, gst.out_col, gl, z + n * D,
-                                 staged_layout(vectors + backward_vector_elements(p), p), bn, out,
-                                 vectors, p, tid);
+      backward_sample<kThreads, true, int>(grad_out + n * gst.out_row, gst.out_col, gl,
+                                           z + n * D, layout(vectors), bn, out, vectors, p, tid);
     } else {
-      backward_sample<false, int64_t>(
+      backward_sample<kThreads, false, int64_t>(
           grad_out + n * gst.out_row, gst.out_col, gl, z + n * D,
           global_views(r1 + n * p.r1_bs, r2 + n * p.r2_bs, dense ? q + n * p.q_bs : nullptr, p),
           bn, out, vectors, p, tid);
     }
   }
+}
+
+// Shared-memory bytes of a block of kThreads threads: its vectors, and the staged matrices.
+template <int kThreads, typename acc_t>
+size_t forward_bytes(const SylvesterDims& p, bool staged) {
+  const int64_t matrices = staged ? staged_elements<kThreads>(p) : 0;
+  return size_t(forward_vector_elements<kThreads>(p) + matrices) * sizeof(acc_t);
+}
+template <int kThreads, typename acc_t>
+size_t backward_bytes(const SylvesterDims& p, bool staged) {
+  const int64_t matrices = staged ? staged_elements<kThreads>(p) : 0;
+  return size_t(backward_vector_elements<kThreads>(p) + matrices) * sizeof(acc_t);
 }
 
 int grid_size(int64_t B, int per_sm, int num_sms) {
@@ -699,21 +750,27 @@ cudaError_t sylvester_forward(const scalar_t* z, const scalar_t* r1, const scala
                               scalar_t* logdet, const SylvesterDims& dims, int num_sms,
                               cudaStream_t stream) {
   if (dims.B == 0) return cudaSuccess;
-  const size_t vectors = size_t(forward_vector_elements(dims)) * sizeof(acc_t);
-  const size_t staged = vectors + size_t(staged_elements(dims)) * sizeof(acc_t);
+  const size_t vectors = forward_bytes<kNarrowThreads, acc_t>(dims, false);
+  const size_t staged = forward_bytes<kNarrowThreads, acc_t>(dims, true);
   if constexpr (kPipelineBlocksPerSm > 0) {
     if (2 * staged <= kStagedSmemLimit)
-      return launch_with_smem(forward_kernel<scalar_t, acc_t, true, 2>,
-                              grid_size(dims.B, kPipelineBlocksPerSm, num_sms), kThreads, 2 * staged,
-                              stream, z, r1, r2, b, q, out, logdet, dims);
+      return launch_with_smem(forward_kernel<kNarrowThreads, scalar_t, acc_t, true, 2>,
+                              grid_size(dims.B, kPipelineBlocksPerSm, num_sms), kNarrowThreads,
+                              2 * staged, stream, z, r1, r2, b, q, out, logdet, dims);
   }
   const int blocks = grid_size(dims.B, 16, num_sms);
-  if (staged <= kStagedSmemLimit) {
-    return launch_with_smem(forward_kernel<scalar_t, acc_t, true, 1>, blocks, kThreads, staged,
-                            stream, z, r1, r2, b, q, out, logdet, dims);
+  if (staged > kWideAboveBytes) {
+    const size_t wide = forward_bytes<kWideThreads, acc_t>(dims, true);
+    if (wide <= kStagedSmemLimit)
+      return launch_with_smem(forward_kernel<kWideThreads, scalar_t, acc_t, true, 1>, blocks,
+                              kWideThreads, wide, stream, z, r1, r2, b, q, out, logdet, dims);
   }
-  return launch_with_smem(forward_kernel<scalar_t, acc_t, false, 1>, blocks, kThreads, vectors,
-                          stream, z, r1, r2, b, q, out, logdet, dims);
+  if (staged <= kStagedSmemLimit) {
+    return launch_with_smem(forward_kernel<kNarrowThreads, scalar_t, acc_t, true, 1>, blocks,
+                            kNarrowThreads, staged, stream, z, r1, r2, b, q, out, logdet, dims);
+  }
+  return launch_with_smem(forward_kernel<kNarrowThreads, scalar_t, acc_t, false, 1>, blocks,
+                          kNarrowThreads, vectors, stream, z, r1, r2, b, q, out, logdet, dims);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -725,24 +782,34 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
                                const SylvesterDims& dims, const SylvesterGradStrides& grad_strides,
                                int blocks, cudaStream_t stream) {
   if (dims.B == 0 || blocks <= 0) return cudaSuccess;
-  const size_t vectors = size_t(backward_vector_elements(dims)) * sizeof(acc_t);
-  const size_t staged = vectors + size_t(staged_elements(dims)) * sizeof(acc_t);
+  const size_t vectors = backward_bytes<kNarrowThreads, acc_t>(dims, false);
+  const size_t staged = backward_bytes<kNarrowThreads, acc_t>(dims, true);
   acc_t* slices = shared_size > 0 ? workspace : nullptr;
   if constexpr (kPipelineBlocksPerSm > 0) {
     if (2 * staged <= kStagedSmemLimit)
-      return launch_with_smem(backward_kernel<scalar_t, acc_t, true, 2>, blocks, kThreads,
-                              2 * staged, stream, grad_out, grad_logdet, z, r1, r2, b, q, grad_z,
-                              grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims,
+      return launch_with_smem(backward_kernel<kNarrowThreads, scalar_t, acc_t, true, 2>, blocks,
+                              kNarrowThreads, 2 * staged, stream, grad_out, grad_logdet, z, r1, r2,
+                              b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices, shared_size,
+                              dims, grad_strides);
+  }
+  if (staged > kWideAboveBytes) {
+    const size_t wide = backward_bytes<kWideThreads, acc_t>(dims, true);
+    if (wide <= kStagedSmemLimit)
+      return launch_with_smem(backward_kernel<kWideThreads, scalar_t, acc_t, true, 1>, blocks,
+                              kWideThreads, wide, stream, grad_out, grad_logdet, z, r1, r2, b, q,
+                              grad_z, grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims,
                               grad_strides);
   }
   if (staged <= kStagedSmemLimit) {
-    return launch_with_smem(backward_kernel<scalar_t, acc_t, true, 1>, blocks, kThreads, staged,
-                            stream, grad_out, grad_logdet, z, r1, r2, b, q, grad_z, grad_r1,
-                            grad_r2, grad_b, grad_q, slices, shared_size, dims, grad_strides);
+    return launch_with_smem(backward_kernel<kNarrowThreads, scalar_t, acc_t, true, 1>, blocks,
+                            kNarrowThreads, staged, stream, grad_out, grad_logdet, z, r1, r2, b, q,
+                            grad_z, grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims,
+                            grad_strides);
   }
-  return launch_with_smem(backward_kernel<scalar_t, acc_t, false, 1>, blocks, kThreads, vectors,
-                          stream, grad_out, grad_logdet, z, r1, r2, b, q, grad_z, grad_r1, grad_r2,
-                          grad_b, grad_q, slices, shared_size, dims, grad_strides);
+  return launch_with_smem(backward_kernel<kNarrowThreads, scalar_t, acc_t, false, 1>, blocks,
+                          kNarrowThreads, vectors, stream, grad_out, grad_logdet, z, r1, r2, b, q,
+                          grad_z, grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims,
+                          grad_strides);
 }
 
 #define LVMFAST_INSTANTIATE(scalar_t, acc_t)                                                     \

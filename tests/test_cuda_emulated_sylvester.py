@@ -2,6 +2,8 @@
 CPU under tests/cuda_emulator, against the float64 reference: the kernels' indexing, barriers,
 shuffles, grid-stride loops and shared-gradient workspace are checked without a GPU. Rounding is
 the host's here (no fast-math tanh), so accuracy on a GPU is test_sylvester.py's business."""
+import re
+
 import pytest
 import torch
 
@@ -68,6 +70,26 @@ def test_shared_parameters_sum_over_blocks(emulated_cuda, monkeypatch, kind, sha
 @pytest.mark.parametrize("kind", ["triangular", "orthogonal"])
 def test_half_storage_accumulates_in_float(emulated_cuda, dtype, kind):
     check(emulated_cuda, 6, 12, 8, kind, dtype)
+
+
+# (kind, dtype, M, threads): a forward block stages 35 kB for the Householder kind (a 64 x 64 Q
+# beside the triangles) and 37 kB for float64 triangles, over the 28 kB past which fewer than 8
+# blocks fit an SM; 18 kB for float32 triangles, 14 kB for the orthogonal kind's 64 x 32 Q.
+BLOCK_WIDTHS = [("householder", torch.float32, 64, 256), ("triangular", torch.float64, 64, 256),
+                ("triangular", torch.float32, 64, 128), ("orthogonal", torch.float32, 32, 128)]
+
+
+@pytest.mark.parametrize("kind, dtype, M, threads", BLOCK_WIDTHS, ids=lambda v: str(v))
+def test_block_width_follows_the_staged_footprint(emulated_cuda, monkeypatch, capfd, kind, dtype,
+                                                  M, threads):
+    """The launchers give a block 256 threads when its staged matrices leave fewer than 8 blocks
+    an SM and 128 otherwise (kernels/sylvester.cu, kWideAboveBytes), forward and backward, and
+    both widths match the reference."""
+    monkeypatch.setenv("LVMFAST_EMULATED_TRACE", "1")
+    capfd.readouterr()
+    check(emulated_cuda, 3, 64, M, kind, dtype)
+    launched = re.findall(r"emulated launch: \d+ blocks, (\d+) threads", capfd.readouterr().err)
+    assert launched == [str(threads)] * 2
 
 
 def test_empty_batch(emulated_cuda):

@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -140,6 +141,12 @@ inline int num_sms() {
 inline bool shuffled_order() {
   const char* env = std::getenv("LVMFAST_EMULATED_ORDER");
   return env == nullptr || std::strcmp(env, "forward") != 0;
+}
+// LVMFAST_EMULATED_TRACE=1: every launch writes its shape to stderr, so that a test can check
+// which configuration a launcher chose (the results alone do not show it).
+inline bool traced_launches() {
+  const char* env = std::getenv("LVMFAST_EMULATED_TRACE");
+  return env != nullptr && std::strcmp(env, "1") == 0;
 }
 inline void shuffle(std::vector<size_t>& order) {
   static thread_local uint64_t state = 0x9E3779B97F4A7C15ull;
@@ -330,6 +337,9 @@ struct Launch {
       last_error() = cudaErrorInvalidConfiguration;
       return;
     }
+    if (traced_launches())
+      std::fprintf(stderr, "emulated launch: %u blocks, %zu threads, %zu shared bytes\n", grid.x,
+                   threads, shared_bytes);
     // Kernel arguments are copied at the launch, converted to the parameter types.
     std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
     run_grid(grid, block, shared_bytes, [this, &params] { std::apply(kernel, params); });
