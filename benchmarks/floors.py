@@ -80,7 +80,9 @@ def work(row: dict) -> tuple[float, float] | None:
     if op == "householder_flow":
         B, T, L = row["B"], row["T"], row["L"]
         inputs = B * L + B * T * L
-        nbytes = F32 * (inputs + B * L) + (F32 * (2 * inputs + 2 * B * L) if fb else 0)
+        # the backward reads v, the output and its gradient (not z: it is re-created from the
+        # output) and writes the gradients of z and v: 2 inputs + B L
+        nbytes = F32 * (inputs + B * L) + (F32 * (2 * inputs + B * L) if fb else 0)
         return nbytes, (20 if fb else 6) * B * T * L   # dot, norm, update: 2L each per reflection
     if op == "sylvester_flow":
         B, D, M, n = row["B"], row["D"], row["M"], row["flows"]
@@ -94,9 +96,12 @@ def work(row: dict) -> tuple[float, float] | None:
     if op == "bjorck_orthonormalize":
         N, D, M = row["N"], row["D"], row["M"]
         steps = _bjorck_steps(N, D, M)
-        nbytes = F32 * N * D * M * (4 if fb else 2)
-        # per step: Q^T Q and Q @ gram, 2*D*M^2 each; backward recomputes and runs two per product
-        return nbytes, N * steps * 4 * D * M * M * (4 if fb else 1)
+        # forward: read q, write the result; backward: read q and the output gradient, write q's
+        nbytes = F32 * N * D * M * (5 if fb else 2)
+        # products of 2 D M^2 flops a step: the forward's A = Q^T Q and Q A; the backward re-creates
+        # Q_j and A_j (two, since its memory may not grow with the steps) and runs three of its
+        # own (S = Q^T G, G A, Q (S + S^T)): 7 in all
+        return nbytes, N * steps * 2 * D * M * M * (7 if fb else 2)
     if op in ("q_sample", "p_step"):
         B, D = row["B"], row["D"]
         given = row["shape"] == "given"

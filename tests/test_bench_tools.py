@@ -63,6 +63,23 @@ def test_floor_table_uses_wall_and_kernel_time(tmp_path):
     assert triton[5] == "–" and triton[9] == "–" and triton[11].rstrip(" |") == "–"
 
 
+def test_flow_floors_count_the_work_of_the_backward():
+    """Björck: 2 products of 2 D M^2 flops a step forward; the backward re-creates Q_j and A_j (2)
+    and runs S = Q^T G, G A and Q (S + S^T) (3), so fwd+bwd is 7 products, not 8. Householder:
+    the backward reads v, the output and its gradient (z is re-created from the output)."""
+    floors = _floors()
+    N, D, M = 16, 64, 32
+    steps = floors._bjorck_steps(N, D, M)
+    bj = {"op": "bjorck_orthonormalize", "N": N, "D": D, "M": M}
+    fwd, both = floors.work(dict(bj, mode="fwd")), floors.work(dict(bj, mode="fwd+bwd"))
+    assert fwd == (4 * 2 * N * D * M, N * steps * 2 * (2 * D * M * M))
+    assert both == (4 * 5 * N * D * M, N * steps * 7 * (2 * D * M * M))
+    B, T, L = 32, 10, 64
+    hf = {"op": "householder_flow", "B": B, "T": T, "L": L}
+    fwd, both = floors.work(dict(hf, mode="fwd")), floors.work(dict(hf, mode="fwd+bwd"))
+    assert both[0] - fwd[0] == 4 * (B * T * L + 2 * B * L + B * L + B * T * L)
+
+
 @pytest.mark.cuda
 def test_device_busy_time_counts_the_kernels():
     a = torch.randn(2048, 2048, device="cuda")
