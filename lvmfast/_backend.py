@@ -30,11 +30,30 @@ except ImportError as err:  # not compiled: no compiler, no torch at build time,
 _TRITON_VERSION: str | None = None
 _TRITON_ERROR: str | None = None
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# The oldest Triton the Triton kernels are tested with. Under torch 2.5 and its Triton 3.1 every
+# interpreted Triton kernel failed ("arange's arguments must be of type tl.constexpr", 2026-11-26);
+# an older Triton leaves the Triton backend off, so that asking for it is a clear error.
+TRITON_MIN_VERSION = (3, 2)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 if _C is not None and (TRITON_INTERPRET or torch.cuda.is_available()):
     try:
         import triton
 
-        _TRITON_VERSION = triton.__version__
+        if _version_tuple(triton.__version__) >= TRITON_MIN_VERSION:
+            _TRITON_VERSION = triton.__version__
+        else:
+            _TRITON_ERROR = (f"Triton {triton.__version__} is older than "
+                             f"{'.'.join(map(str, TRITON_MIN_VERSION))}, the oldest the Triton "
+                             "kernels are tested with: the Triton backend is off")
     except Exception as err:  # triton missing: the other backends still work
         _TRITON_ERROR = f"{type(err).__name__}: {err}"
 

@@ -41,3 +41,28 @@ def test_bench_quick_writes_json_and_plot(tmp_path):
 def test_bench_rejects_unknown_op():
     res = run_cli("bench", "--ops", "nope")
     assert res.returncode == 2 and "unknown ops" in res.stderr
+
+
+def test_triton_older_than_the_tested_minimum_leaves_the_backend_off(tmp_path):
+    """A Triton older than 3.2 (torch 2.5's 3.1 failed every interpreted kernel) turns the Triton
+    backend off with the reason in `lvmfast.backends()`, and asking for it is a clear error."""
+    fake = tmp_path / "triton"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('__version__ = "3.1.0"\n')
+    code = ("import torch, lvmfast\n"
+            "info = lvmfast.backends()['triton']\n"
+            "assert info['version'] is None and 'older than 3.2' in info['error'], info\n"
+            "assert all(not devices for devices in info['ops'].values()), info\n"
+            "z, v = torch.randn(3, 4), torch.randn(3, 2, 4)\n"
+            "try:\n"
+            "    with lvmfast.use_backend('triton'):\n"
+            "        lvmfast.householder_flow(z, v)\n"
+            "except RuntimeError as err:\n"
+            "    assert 'no householder_flow kernel' in str(err), err\n"
+            "else:\n"
+            "    raise AssertionError('the Triton backend ran')\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode == 0, res.stderr
