@@ -30,9 +30,10 @@ except ImportError as err:  # not compiled: no compiler, no torch at build time,
 _TRITON_VERSION: str | None = None
 _TRITON_ERROR: str | None = None
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# The oldest Triton the Triton kernels are tested with. Under torch 2.5 and its Triton 3.1 every
-# interpreted Triton kernel failed ("arange's arguments must be of type tl.constexpr", 2026-11-26);
-# an older Triton leaves the Triton backend off, so that asking for it is a clear error.
+# The oldest Triton the test extras accept (pyproject.toml; the kernels have run with 3.6 in the
+# interpreter and on the H100 and H200). Under torch 2.5 and its Triton 3.1 every interpreted
+# Triton kernel failed ("arange's arguments must be of type tl.constexpr", 2026-11-26): an older
+# Triton leaves the Triton backend off, so that asking for it is a clear error.
 TRITON_MIN_VERSION = (3, 2)
 
 
@@ -52,8 +53,8 @@ if _C is not None and (TRITON_INTERPRET or torch.cuda.is_available()):
             _TRITON_VERSION = triton.__version__
         else:
             _TRITON_ERROR = (f"Triton {triton.__version__} is older than "
-                             f"{'.'.join(map(str, TRITON_MIN_VERSION))}, the oldest the Triton "
-                             "kernels are tested with: the Triton backend is off")
+                             f"{'.'.join(map(str, TRITON_MIN_VERSION))}, the oldest lvmfast's "
+                             "Triton kernels accept: the Triton backend is off")
     except Exception as err:  # triton missing: the other backends still work
         _TRITON_ERROR = f"{type(err).__name__}: {err}"
 
