@@ -2,6 +2,7 @@
 CPU under tests/cuda_emulator, against the float64 reference: the kernels' indexing, barriers,
 shuffles, grid-stride loops and shared-gradient workspace are checked without a GPU. Rounding is
 the host's here (no fast-math tanh), so accuracy on a GPU is test_sylvester.py's business."""
+import os
 import re
 
 import pytest
@@ -72,16 +73,26 @@ def test_half_storage_accumulates_in_float(emulated_cuda, dtype, kind):
     check(emulated_cuda, 6, 12, 8, kind, dtype)
 
 
-# (kind, dtype, M, threads): a forward block stages 35 kB for the Householder kind (a 64 x 64 Q
+# (kind, dtype, M, wide): a forward block stages 35 kB for the Householder kind (a 64 x 64 Q
 # beside the triangles) and 37 kB for float64 triangles, over the 28 kB past which fewer than 8
 # blocks fit an SM; 18 kB for float32 triangles, 14 kB for the orthogonal kind's 64 x 32 Q.
-BLOCK_WIDTHS = [("householder", torch.float32, 64, 256), ("triangular", torch.float64, 64, 256),
-                ("triangular", torch.float32, 64, 128), ("orthogonal", torch.float32, 32, 128)]
+BLOCK_WIDTHS = [("householder", torch.float32, 64, True), ("triangular", torch.float64, 64, True),
+                ("triangular", torch.float32, 64, False), ("orthogonal", torch.float32, 32, False)]
 
 
-@pytest.mark.parametrize("kind, dtype, M, threads", BLOCK_WIDTHS, ids=lambda v: str(v))
+def _expected_threads(wide: bool) -> int:
+    """The block width the emulated build should launch, given its -D constants (the
+    double-buffered builds keep the narrow width: these samples fit two buffers)."""
+    defines = dict(d.split("=", 1) for d in os.environ.get("LVMFAST_EMULATOR_DEFINES", "").split())
+    narrow = int(defines.get("LVMFAST_SYLVESTER_THREADS", 128))
+    if int(defines.get("LVMFAST_SYLVESTER_PIPELINE_BLOCKS", 0)) > 0:
+        return narrow
+    return int(defines.get("LVMFAST_SYLVESTER_WIDE_THREADS", 256)) if wide else narrow
+
+
+@pytest.mark.parametrize("kind, dtype, M, wide", BLOCK_WIDTHS, ids=lambda v: str(v))
 def test_block_width_follows_the_staged_footprint(emulated_cuda, monkeypatch, capfd, kind, dtype,
-                                                  M, threads):
+                                                  M, wide):
     """The launchers give a block 256 threads when its staged matrices leave fewer than 8 blocks
     an SM and 128 otherwise (kernels/sylvester.cu, kWideAboveBytes), forward and backward, and
     both widths match the reference."""
@@ -89,7 +100,7 @@ def test_block_width_follows_the_staged_footprint(emulated_cuda, monkeypatch, ca
     capfd.readouterr()
     check(emulated_cuda, 3, 64, M, kind, dtype)
     launched = re.findall(r"emulated launch: \d+ blocks, (\d+) threads", capfd.readouterr().err)
-    assert launched == [str(threads)] * 2
+    assert launched == [str(_expected_threads(wide))] * 2
 
 
 def test_empty_batch(emulated_cuda):
