@@ -14,6 +14,7 @@ import os
 import warnings
 
 import torch
+from torch.torch_version import TorchVersion
 
 BACKENDS = ("auto", "reference", "native", "triton")
 
@@ -37,19 +38,12 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_MIN_VERSION = (3, 2)
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 if _C is not None and (TRITON_INTERPRET or torch.cuda.is_available()):
     try:
         import triton
 
-        if _version_tuple(triton.__version__) >= TRITON_MIN_VERSION:
+        # TorchVersion: a version string that compares with tuples (local tags like +git... too)
+        if TorchVersion(triton.__version__) >= TRITON_MIN_VERSION:
             _TRITON_VERSION = triton.__version__
         else:
             _TRITON_ERROR = (f"Triton {triton.__version__} is older than "
