@@ -7,8 +7,9 @@ namespace kernels {
 
 // Global-to-shared copy of one element without a register round trip (cp.async, sm_80+), so a
 // thread can have many copies in flight, or keep computing while they land. dst must be in
-// shared memory; T of 4, 8 or 16 bytes (float4: 16-byte aligned addresses). Plain copy
-// elsewhere (older GPUs, the CPU emulation).
+// shared memory; T of 4, 8 or 16 bytes (float4: 16-byte aligned addresses). Plain copy on older
+// GPUs; the CPU emulation (tests/cuda_emulator) writes shared memory only at the wait, as the
+// hardware may.
 template <typename T>
 __device__ __forceinline__ void copy_async(T* dst, const T* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -17,29 +18,41 @@ __device__ __forceinline__ void copy_async(T* dst, const T* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(
                    static_cast<unsigned>(__cvta_generic_to_shared(dst))),
                "l"(src), "n"(static_cast<int>(sizeof(T))));
+#elif defined(LVMFAST_CUDA_EMULATOR)
+  ::emu::copy_async(dst, src, sizeof(T));
 #else
   *dst = *src;
 #endif
 }
 
-// Waits for this thread's copy_async copies; a barrier after it makes them visible to the block.
-__device__ __forceinline__ void wait_async_copies() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
-#endif
-}
-
-// Closes the copies issued since the last commit into a group, and waits until at most the
-// latest group is in flight: a sample's copies land while the next sample's, issued after them,
-// keep going (double buffering). No-ops where copy_async is a plain copy.
+// Closes the copies issued since the last commit into a group (in issue order).
 __device__ __forceinline__ void commit_async_copies() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(LVMFAST_CUDA_EMULATOR)
+  ::emu::commit_copies();
 #endif
 }
-__device__ __forceinline__ void wait_async_copies_but_latest() {
+
+// Waits until at most the latest kInFlight committed groups of this thread's copies are still in
+// flight: a sample's first copies land while later ones, issued after them, keep going. A
+// barrier after it makes the landed copies visible to the block.
+template <int kInFlight>
+__device__ __forceinline__ void wait_async_copies_but() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kInFlight) : "memory");
+#elif defined(LVMFAST_CUDA_EMULATOR)
+  ::emu::land_copies(kInFlight);
+#endif
+}
+
+// Waits for all of this thread's copies, committed or not.
+__device__ __forceinline__ void wait_async_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#elif defined(LVMFAST_CUDA_EMULATOR)
+  ::emu::commit_copies();
+  ::emu::land_copies(0);
 #endif
 }
 

@@ -489,7 +489,7 @@ __device__ __forceinline__ void stage_sample(Issue&& issue, int64_t n, int64_t i
     // the other buffer's last reader finished at the previous sample's final barrier
     issue(n + gridDim.x, buffer_of<kBuffers>(i + 1), i == 0);
     commit_async_copies();
-    wait_async_copies_but_latest();
+    wait_async_copies_but<1>();
   } else {
     wait_async_copies();
   }

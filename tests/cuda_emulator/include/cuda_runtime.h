@@ -13,6 +13,10 @@
 // (emulated_assert.h). Dynamic shared memory starts as NaN bytes, so reading it before writing
 // shows up in the results.
 //
+// Asynchronous copies (kernels/async_copy.cuh, cp.async on the GPU) read their source when issued
+// but write shared memory only when the issuing thread waits for their group, so that a read of a
+// staged value before its wait gets the old contents here, as it may on the hardware.
+//
 // What it cannot show: races within a phase beyond what the order exposes (threads never run
 // concurrently), races between blocks, the memory model, timing, and the GPU's own rounding
 // (fast-math intrinsics run as host libm here).
@@ -103,6 +107,15 @@ struct Fiber {
   unsigned mask = 0;  // the lanes of a warp barrier
   int source = 0;     // the lane a shuffle reads
   unsigned char deposit[16], result[16];
+  // asynchronous copies not yet waited for; group 0: not yet committed
+  struct PendingCopy {
+    unsigned char* dst;
+    unsigned char bytes[16];
+    size_t size;
+    int group;
+  };
+  std::vector<PendingCopy> pending;
+  int committed = 0;  // groups committed so far
 };
 
 struct Block {
@@ -154,6 +167,33 @@ inline void shuffle(std::vector<size_t>& order) {
     state ^= state << 13, state ^= state >> 7, state ^= state << 17;
     std::swap(order[i - 1], order[state % i]);
   }
+}
+
+// cp.async: the source is read now, shared memory written at the wait (land_copies).
+inline void copy_async(void* dst, const void* src, size_t size) {
+  Fiber::PendingCopy c{static_cast<unsigned char*>(dst), {}, size, 0};
+  std::memcpy(c.bytes, src, size);
+  self().pending.push_back(c);
+}
+// cp.async.commit_group: the copies issued since the last commit form the next group.
+inline void commit_copies() {
+  Fiber& f = self();
+  ++f.committed;
+  for (auto& c : f.pending)
+    if (c.group == 0) c.group = f.committed;
+}
+// cp.async.wait_group n: every committed group but the latest n lands (uncommitted copies stay
+// in flight, as in PTX); wait_all is commit_copies() then land_copies(0).
+inline void land_copies(int n) {
+  Fiber& f = self();
+  std::vector<Fiber::PendingCopy> still;
+  for (const auto& c : f.pending) {
+    if (c.group != 0 && c.group <= f.committed - n)
+      std::memcpy(c.dst, c.bytes, c.size);
+    else
+      still.push_back(c);
+  }
+  f.pending.swap(still);
 }
 
 inline void to_scheduler() {
@@ -278,6 +318,8 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
                      unsigned(t / (size_t(block.x) * block.y))};
           f.lane = int(t % 32);
           f.state = State::kReady;
+          f.pending.clear();  // copies never waited for do not land
+          f.committed = 0;
           getcontext(&f.context);
           f.context.uc_stack.ss_sp = f.stack.get();
           f.context.uc_stack.ss_size = kStackBytes;
