@@ -39,6 +39,12 @@ SCALES="${SCALES:-1,4}"
 #       block stages over 28 kB: the Householder kind at D = 64). Predicted: the Householder
 #       kind 30.4 against 33.0 us forward and 55.1 against 65.5 backward (sy256's and the old
 #       default's on 2026-11-26), the other kinds within noise of the default.
+#  sywaitall: one wait for all of a sample's copies, the default before the phased waits (three
+#       groups of copies in the order the phases read them, each phase waiting for its own).
+#       Predicted (not yet run): the default faster where a phase computes while a later
+#       phase's matrices land: triangular fwd 18.8 -> 17-18.5 us, orthogonal 16.2 -> 14-15.5,
+#       Householder 30.4 -> 28-30, backwards 0-2 us each; within noise would mean a block's
+#       earlier groups do not land first (or its first phases are short).
 #  sypipe*: in one wave every block loads, then every block computes, and nothing overlaps;
 #       fewer blocks, each loading its next sample while it computes the current one. Slower in
 #       every case (fewer bytes in flight).
@@ -46,6 +52,7 @@ SCALES="${SCALES:-1,4}"
 VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;\
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
 sy128:-DLVMFAST_SYLVESTER_WIDE_THREADS=128;\
+sywaitall:-DLVMFAST_SYLVESTER_PHASED_WAITS=0;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
 sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_WIDE_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
 sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
