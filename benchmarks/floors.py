@@ -73,12 +73,17 @@ def _bjorck_steps(N, D, M, max_steps=30, tol=1e-6):
     return float(taken.double().mean())
 
 
-def _bjorck_products(steps: float, mode: str) -> float:
-    """Matrix products of 2 D M^2 flops a matrix for `steps` updates: the forward runs steps + 1
-    Gram products and `steps` updates; the backward re-creates them (its memory may not grow with
-    the steps) and runs three of its own a step, S = Q^T G, G A and Q (S + S^T)."""
-    forward = 2 * steps + 1
-    return {"fwd": forward, "bwd": forward + 3 * steps, "fwd+bwd": 2 * forward + 3 * steps}[mode]
+def _bjorck_flops(D: int, M: int, steps: float, mode: str) -> float:
+    """Least flops a matrix for `steps` updates. A product of D x M by M x M is 2 D M^2 flops; a
+    Gram product A = Q^T Q is symmetric, so D M (M + 1) (its upper triangle; the CPU kernel
+    computes only that). The forward runs steps + 1 Gram products (the last one finds it
+    converged) and `steps` updates Q A. The backward re-creates the A_j and Q_j it walks back
+    through (its memory may not grow with the steps): `steps` Gram products and steps - 1
+    updates; and runs three full products of its own a step, S = Q^T G, G A and Q (S + S^T)."""
+    gram, full = D * M * (M + 1), 2 * D * M * M
+    forward = (steps + 1) * gram + steps * full
+    backward = steps * gram + (steps - 1) * full + 3 * steps * full
+    return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[mode]
 
 
 def work(row: dict) -> tuple[float, float] | None:
@@ -110,7 +115,7 @@ def work(row: dict) -> tuple[float, float] | None:
         N, D, M = row["N"], row["D"], row["M"]
         # forward: read q, write the result; backward: read q and the output gradient, write q's
         nbytes = F32 * N * D * M * (5 if fb else 2)
-        return nbytes, N * 2 * D * M * M * _bjorck_products(_bjorck_steps(N, D, M), row["mode"])
+        return nbytes, N * _bjorck_flops(D, M, _bjorck_steps(N, D, M), row["mode"])
     if op in ("q_sample", "p_step"):
         B, D = row["B"], row["D"]
         given = row["shape"] == "given"
@@ -257,7 +262,8 @@ def kernels_table(ceil_path: str, row_paths: list[str]) -> str:
                   f"{assumed:.2f} (a float32 torch loop on the CPU)."]
         # the floor of the work the GPU's own step counts ask for
         def at_gpu_steps(b, r=r, assumed=assumed):
-            scale = _bjorck_products(r["mean_steps"], b["mode"]) / _bjorck_products(assumed, b["mode"])
+            scale = (_bjorck_flops(64, 32, r["mean_steps"], b["mode"])
+                     / _bjorck_flops(64, 32, assumed, b["mode"]))
             return f"{b['mode']} {b['cold_s'] / (floors[id(b)] * scale):.2f}"
         at_mean = [at_gpu_steps(b) for b in rows
                    if b["variant"] == r["variant"] and b["op"] == "bjorck_orthonormalize"

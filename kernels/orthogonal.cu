@@ -1,17 +1,17 @@
 // CUDA kernels of the orthogonal family: Björck–Bowie orthonormalization, forward and backward.
 // Math contract: csrc/orthogonal.h. Launchers: orthogonal.cuh. No torch headers here.
 //
-// Floor at the benchmark shape, N = 1024 matrices of 64 x 32, max_steps = 30, float32, on an
-// H100 SXM (FP32 67 TFLOP/s without tensor cores; TF32 tensor cores would break the 1e-6
-// convergence test, so they are not used):
-//   forward : per step A = Q^T Q (D M^2 = 65.5 k FMA; 32.8 k by symmetry) and Q A (65.5 k FMA);
-//             30 steps x 1024 matrices -> 4.0e9 FMA = 8.1 GFLOP (6.0 GFLOP with symmetry)
-//             -> 120 us (90 us). Bytes: 8.4 MB in + 8.4 MB out, 5 us: compute-bound.
-//             (float32 matrices reach ||Q^T Q - I||_F ~ 1e-6 only at the rounding floor, so
-//             many of them run all 30 steps.)
-//   backward: re-run the forward (8.1 GFLOP) plus per step S = Q^T G and G A + Q (S + S^T)
-//             (3 D M^2 FMA) -> 8.1 + 12.1 = 20.1 GFLOP -> 300 us.
-// Goal: within 2x, i.e. ~240 us forward and ~600 us backward.
+// Floor at the benchmark shape, N = 1024 matrices of 64 x 32, float32 (benchmarks/floors.py, with
+// the H100's measured 51 TFLOP/s of float32 FMA; TF32 tensor cores would break the 1e-6
+// convergence test, so they are not used). A matrix takes k steps (a mean of 11.6 in floors.py's
+// float32 loop, 11.1 on the H100):
+//   forward : k + 1 Gram products A = Q^T Q (D M (M + 1) flops, being symmetric) and k updates
+//             Q A (2 D M^2): 2.4 GFLOP for the batch, 48 us. Bytes: 8.4 MB in + 8.4 MB out, 6 us:
+//             compute-bound.
+//   backward: the iterates re-created (k Gram products, k - 1 updates) and 3 products of 2 D M^2
+//             a step, S = Q^T G, G A and Q (S + S^T): 6.9 GFLOP, 135 us.
+// This kernel computes the whole of each Gram product (the CPU kernel computes half), so it does
+// about 1.3x the forward's least work.
 //
 // Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared memory
 // (20 KB at 64 x 32 float; the forward has 128 threads a block and up to 8 blocks an SM, all

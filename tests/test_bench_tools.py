@@ -64,19 +64,22 @@ def test_floor_table_uses_wall_and_kernel_time(tmp_path):
 
 
 def test_flow_floors_count_the_work_of_the_backward():
-    """Björck, in products of 2 D M^2 flops a matrix: k updates and k + 1 Gram products forward
-    (k: the mean a matrix takes, each stopping on its own); the backward re-creates them and runs
-    S = Q^T G, G A and Q (S + S^T) a step: 7 k + 2 in all. Householder: the backward reads v, the
-    output and its gradient (z is re-created from the output)."""
+    """Björck, a matrix: k updates Q A (2 D M^2 flops each) and k + 1 Gram products Q^T Q (their
+    upper triangle, D M (M + 1) flops) forward (k: the mean a matrix takes, each stopping on its
+    own); the backward re-creates the k Gram products and k - 1 updates it walks back through and
+    runs S = Q^T G, G A and Q (S + S^T) a step. Householder: the backward reads v, the output and
+    its gradient (z is re-created from the output)."""
     floors = _floors()
     N, D, M = 16, 64, 32
     k = floors._bjorck_steps(N, D, M)
     assert 8 < k < 20 and k != int(k)  # a mean over matrices that stop at different steps
     bj = {"op": "bjorck_orthonormalize", "N": N, "D": D, "M": M}
     fwd, both = floors.work(dict(bj, mode="fwd")), floors.work(dict(bj, mode="fwd+bwd"))
-    product = 2 * D * M * M
-    assert fwd[0] == 4 * 2 * N * D * M and fwd[1] == pytest.approx(N * product * (2 * k + 1))
-    assert both[0] == 4 * 5 * N * D * M and both[1] == pytest.approx(N * product * (7 * k + 2))
+    product, gram = 2 * D * M * M, D * M * (M + 1)
+    assert fwd[0] == 4 * 2 * N * D * M
+    assert fwd[1] == pytest.approx(N * ((k + 1) * gram + k * product))
+    assert both[0] == 4 * 5 * N * D * M
+    assert both[1] == pytest.approx(N * ((2 * k + 1) * gram + (5 * k - 1) * product))
     B, T, L = 32, 10, 64
     hf = {"op": "householder_flow", "B": B, "T": T, "L": L}
     fwd, both = floors.work(dict(hf, mode="fwd")), floors.work(dict(hf, mode="fwd+bwd"))
