@@ -32,6 +32,13 @@ SCALES="${SCALES:-1,4}"
 #  bj256x2: the Björck backward's shape before 2026-11-26 (2 blocks of 256 threads an SM, the
 #       re-run of the forward on 128 of them): 590 us against the default's 460.
 #  bjnopf: without the walk's prefetch: 610 us against 590 with it (at 256 x 2).
+#  bjfullgram: every tile of the Gram products A = Q^T Q, the default before session 10's
+#       symmetric Gram (the upper blocks of tiles only, packed into the first warps: at
+#       M = 32, 80 of 128 threads, the fourth warp idle; bitwise the same A). Predicted (not
+#       yet run): the default's forward 5-15% faster (157.8 -> 135-150 us), its backward 0-5%
+#       (the Gram products re-created there are a sixth of its work); within noise would mean
+#       the Gram products were not a large share of the step (the norm's block reduction and
+#       the barriers were).
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
 #       threads a sample help) or by the loads (then the thread count does not matter). Neither:
 #       256 threads help the Householder kind only, 64 the orthogonal forward only.
@@ -51,6 +58,7 @@ SCALES="${SCALES:-1,4}"
 # (tests/test_kernel_program.py checks each of these builds on the CPU emulation.)
 VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;\
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
+bjfullgram:-DLVMFAST_BJORCK_SYMMETRIC_GRAM=0;\
 sy128:-DLVMFAST_SYLVESTER_WIDE_THREADS=128;\
 sywaitall:-DLVMFAST_SYLVESTER_PHASED_WAITS=0;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\

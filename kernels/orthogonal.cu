@@ -10,8 +10,9 @@
 //             compute-bound.
 //   backward: the iterates re-created (k Gram products, k - 1 updates) and 3 products of 2 D M^2
 //             a step, S = Q^T G, G A and Q (S + S^T): 6.9 GFLOP, 135 us.
-// This kernel computes the whole of each Gram product (the CPU kernel computes half), so it does
-// about 1.3x the forward's least work.
+// The Gram products here compute the 2 x 2 blocks of 4 x 4 tiles on or above the diagonal (40 of
+// the 64 tiles at M = 32; kSymmetricGram) and mirror them, so the forward does about 1.1x its
+// least work.
 //
 // Design: one thread block per matrix (blocks loop over matrices), Q, Q' and A in shared memory
 // (20 KB at 64 x 32 float; the forward has 128 threads a block and up to 8 blocks an SM, all
@@ -36,8 +37,10 @@
 // (4 registers loaded per 4 FMAs) cap the products near a quarter of the FMA rate; 4 x 4 tiles
 // load 8 per 16: 2.25x forward and 3.05x forward + backward. The backward, 2 blocks of 256
 // threads an SM for its per-block workspace, is the larger gap (3.3x); it waited out the
-// workspace's latency at every step, which the prefetch of the next step's Q and A (not yet run
-// on a GPU) now overlaps with the products.
+// workspace's latency at every step, which the prefetch of the next step's Q and A now overlaps
+// with the products. Session 8 (H100, against session 10's floors): 3.3x forward, 3.4x the
+// backward at 4 blocks of 128 threads an SM. Then (session 10, not yet run on a GPU): the
+// symmetric Gram products.
 #include "orthogonal.cuh"
 #include "orthogonal_checkpoints.cuh"
 #include "async_copy.cuh"
@@ -69,6 +72,14 @@ namespace {
 #define LVMFAST_BJORCK_PREFETCH 1
 #endif
 constexpr bool kPrefetch = LVMFAST_BJORCK_PREFETCH != 0;
+// 1: the Gram products A = Q^T Q compute the tiles of their upper triangle only (5/8 of them at
+// M = 32, the work packed into the first warps so that the others skip it) and mirror them;
+// bitwise the same A as the full product, whose lower tiles round exactly as the upper ones
+// (x y = y x). 0: the full product, for benchmarks/gpu_kernels.sh to time against.
+#ifndef LVMFAST_BJORCK_SYMMETRIC_GRAM
+#define LVMFAST_BJORCK_SYMMETRIC_GRAM 1
+#endif
+constexpr bool kSymmetricGram = LVMFAST_BJORCK_SYMMETRIC_GRAM != 0;
 constexpr int kForwardThreads = 128;
 constexpr int kBackwardThreads = LVMFAST_BJORCK_BACKWARD_THREADS;
 static_assert(kBackwardThreads >= kForwardThreads && kBackwardThreads % 32 == 0,
@@ -158,13 +169,22 @@ __device__ __forceinline__ void store_quad(double* p, const double (&v)[4]) {
 }
 
 // Tile (row, col) of work item w on a grid of `cols` tile columns (rows and cols even): the low
-// two bits pick the tile within a 2 x 2 block, the next split_bits the K split, the rest the block.
+// two bits pick the tile within a 2 x 2 block, the next split_bits the K split, the rest the block:
+// over the whole grid, or (upper) over the blocks on or above the diagonal of a square grid, row
+// by row.
 struct QuadTile {
   int row, col;
-  __device__ __forceinline__ QuadTile(int w, int cols, int split_bits) {
-    const int block = (w >> 2) >> split_bits, half_cols = cols >> 1;
-    row = 2 * (block / half_cols) + ((w >> 1) & 1);
-    col = 2 * (block % half_cols) + (w & 1);
+  __device__ __forceinline__ QuadTile(int w, int cols, int split_bits, bool upper) {
+    int block = (w >> 2) >> split_bits, block_row = 0, block_col;
+    const int half_cols = cols >> 1;
+    if (upper) {
+      while (block >= half_cols - block_row) block -= half_cols - block_row, ++block_row;
+      block_col = block_row + block;
+    } else {
+      block_row = block / half_cols, block_col = block % half_cols;
+    }
+    row = 2 * block_row + ((w >> 1) & 1);
+    col = 2 * block_col + (w & 1);
   }
 };
 
@@ -189,18 +209,20 @@ __device__ __forceinline__ void sum_splits(acc_t (&c)[4][4], int split_bits) {
 
 // For every 4 x 4 tile of a rows x cols output: accumulate(c, row0, col0, s, splits) adds split
 // s's share of the tile's sums to c; the splits are then summed and store(c, row0, col0) runs on
-// split 0. Every lane runs the same trip count: the shuffles need whole warps.
-template <typename acc_t, typename Accumulate, typename Store>
+// split 0. Every lane runs the same trip count: the shuffles need whole warps. kUpper (square
+// output): only the 2 x 2 blocks of tiles on or above the diagonal, split as the whole grid
+// would be (so that each tile rounds as it does there).
+template <bool kUpper, typename acc_t, typename Accumulate, typename Store>
 __device__ __forceinline__ void for_each_quad_tile(int rows, int cols, int split_threads,
                                                    Accumulate&& accumulate, Store&& store) {
-  const int tiles = (rows / 4) * (cols / 4), nt = blockDim.x;
+  const int tiles = (rows / 4) * (cols / 4), nt = blockDim.x, side = cols / 8;
   const int split_bits = split_bits_for(tiles, split_threads), splits = 1 << split_bits;
-  const int items = tiles << split_bits;
+  const int items = (kUpper ? 4 * (side * (side + 1) / 2) : tiles) << split_bits;
   for (int base = 0; base < items; base += nt) {
     const int w = base + static_cast<int>(threadIdx.x);
     const bool active = w < items;
     const int s = (w >> 2) & (splits - 1);
-    const QuadTile t(active ? w : 0, cols / 4, split_bits);
+    const QuadTile t(active ? w : 0, cols / 4, split_bits, kUpper);
     acc_t c[4][4] = {};
     if (active) accumulate(c, 4 * t.row, 4 * t.col, s, splits);
     sum_splits(c, split_bits);
@@ -213,7 +235,7 @@ __device__ __forceinline__ void for_each_quad_tile(int rows, int cols, int split
 template <typename acc_t>
 __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
                               int split_threads) {
-  for_each_quad_tile<acc_t>(
+  for_each_quad_tile<false, acc_t>(
       M, M, split_threads,
       [&](acc_t (&c)[4][4], int i0, int j0, int s, int splits) {
 #pragma unroll 4
@@ -238,7 +260,7 @@ template <typename acc_t>
 __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                               const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D,
                               int M, int split_threads) {
-  for_each_quad_tile<acc_t>(
+  for_each_quad_tile<false, acc_t>(
       D, M, split_threads,
       [&](acc_t (&c)[4][4], int r0, int c0, int s, int splits) {
         for (int pass = 0; pass < (X2 != nullptr ? 2 : 1); ++pass) {
@@ -299,6 +321,35 @@ __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
     if (i1ok) C[(i0 + 1) * M + j0] = c10;
     if (i1ok && j1ok) C[(i0 + 1) * M + j0 + 1] = c11;
   }
+}
+
+// A (M x M) = X^T X for X (D x M) row-major: the upper blocks of tiles of gemm_tn_quads' grid,
+// each stored and, above the diagonal blocks, mirrored (kSymmetricGram); else gemm_tn.
+template <typename acc_t>
+__device__ void gram(acc_t* A, const acc_t* X, int D, int M, int split_threads) {
+  if (!kSymmetricGram || M % 8 != 0) return gemm_tn(A, X, X, D, M, split_threads);
+  for_each_quad_tile<true, acc_t>(
+      M, M, split_threads,
+      [&](acc_t (&c)[4][4], int i0, int j0, int s, int splits) {
+#pragma unroll 4
+        for (int d = s; d < D; d += splits) {
+          const Quad<acc_t> a = load_quad(X + d * M + i0), b = load_quad(X + d * M + j0);
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) c[i][j] += a.v[i] * b.v[j];
+        }
+      },
+      [&](const acc_t (&c)[4][4], int i0, int j0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) store_quad(A + (i0 + i) * M + j0, c[i]);
+        if (i0 / 8 == j0 / 8) return;  // a diagonal block computes its lower tile too
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const acc_t column[4] = {c[0][j], c[1][j], c[2][j], c[3][j]};
+          store_quad(A + (j0 + j) * M + i0, column);
+        }
+      });
 }
 
 // C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z, X (D x M), Y (M x M); X2 may be null. Paired loads
@@ -370,7 +421,7 @@ __device__ int64_t run_steps(acc_t* qs, acc_t* as, int D, int M, int64_t steps, 
   for (; k < steps; ++k) {
     const acc_t* q = qs + ((k & 1) ? DM : 0);
     acc_t* qn = qs + ((k & 1) ? 0 : DM);
-    gemm_tn(as, q, q, D, M, kForwardThreads);
+    gram(as, q, D, M, kForwardThreads);
     __syncthreads();
     if (test) {
       acc_t e2 = 0;

@@ -29,6 +29,7 @@ VARIANTS = {
     "default": (),
     "bj256x2": ("LVMFAST_BJORCK_BACKWARD_THREADS=256", "LVMFAST_BJORCK_BLOCKS_PER_SM=2"),
     "bjnopf": ("LVMFAST_BJORCK_PREFETCH=0",),
+    "bjfullgram": ("LVMFAST_BJORCK_SYMMETRIC_GRAM=0",),
     "sy128": ("LVMFAST_SYLVESTER_WIDE_THREADS=128",),
     "sywaitall": ("LVMFAST_SYLVESTER_PHASED_WAITS=0",),
     "sy256": ("LVMFAST_SYLVESTER_THREADS=256", "LVMFAST_SYLVESTER_MIN_BLOCKS=5",
@@ -87,6 +88,23 @@ def test_every_kernel_matches_the_reference(programs, variant, tmp_path):
     # Householder kinds 2 + 5 each, Björck 1 + 1, householder_flow 1 + 2
     assert len(results) == 6 + 7 + 7 + 7 + 2 + 3
     assert all(r.startswith("ok") for r in results), "\n".join(results)
+
+
+def test_symmetric_gram_is_bitwise_the_full_product(programs, tmp_path):
+    """The default Björck kernels compute only the upper tiles of A = Q^T Q and mirror them; the
+    full product's lower tiles round exactly as the upper ones, so the outputs and gradients must
+    be the very same bits as those of the build that computes all of A."""
+    dumps = {}
+    for variant in ("default", "bjfullgram"):
+        dumps[variant] = tmp_path / variant
+        dumps[variant].mkdir()
+        run = _run(programs(variant), "--tiny", "--once", "--dump", str(dumps[variant]))
+        assert run.returncode == 0, run.stderr
+    names = sorted(f.name for f in dumps["default"].glob("bjorck_orthonormalize-*"))
+    assert {"bjorck_orthonormalize-snf-fwd.q.f32", "bjorck_orthonormalize-snf-fwd.out.f32",
+            "bjorck_orthonormalize-snf-bwd.grad_q.f32"} <= set(names)
+    for name in names:  # the inputs too: the same q and output gradient in both runs
+        assert (dumps["default"] / name).read_bytes() == (dumps["bjfullgram"] / name).read_bytes(), name
 
 
 def test_rows_cover_every_case_and_scale(programs, tmp_path):
