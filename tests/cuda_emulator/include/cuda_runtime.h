@@ -169,8 +169,30 @@ inline void shuffle(std::vector<size_t>& order) {
   }
 }
 
+inline void to_scheduler() {
+  Fiber& f = self();
+  swapcontext(&f.context, &active()->scheduler);
+}
+
+template <typename T>
+T warp_exchange(unsigned mask, T value, int source) {
+  static_assert(sizeof(T) <= 16, "shuffle of a type over 16 bytes");
+  Fiber& f = self();
+  std::memcpy(f.deposit, &value, sizeof(T));
+  f.mask = mask;
+  f.source = source;
+  f.state = State::kWarpBarrier;
+  to_scheduler();
+  T out;
+  std::memcpy(&out, self().result, sizeof(T));
+  return out;
+}
+
+[[noreturn]] inline void fail(const std::string& what) { throw std::runtime_error("CUDA emulator: " + what); }
+
 // cp.async: the source is read now, shared memory written at the wait (land_copies).
 inline void copy_async(void* dst, const void* src, size_t size) {
+  if (size != 4 && size != 8 && size != 16) fail("cp.async copies 4, 8 or 16 bytes");
   Fiber::PendingCopy c{static_cast<unsigned char*>(dst), {}, size, 0};
   std::memcpy(c.bytes, src, size);
   self().pending.push_back(c);
@@ -195,27 +217,6 @@ inline void land_copies(int n) {
   }
   f.pending.swap(still);
 }
-
-inline void to_scheduler() {
-  Fiber& f = self();
-  swapcontext(&f.context, &active()->scheduler);
-}
-
-template <typename T>
-T warp_exchange(unsigned mask, T value, int source) {
-  static_assert(sizeof(T) <= 16, "shuffle of a type over 16 bytes");
-  Fiber& f = self();
-  std::memcpy(f.deposit, &value, sizeof(T));
-  f.mask = mask;
-  f.source = source;
-  f.state = State::kWarpBarrier;
-  to_scheduler();
-  T out;
-  std::memcpy(&out, self().result, sizeof(T));
-  return out;
-}
-
-[[noreturn]] inline void fail(const std::string& what) { throw std::runtime_error("CUDA emulator: " + what); }
 
 // A failing device-side assert (include/emulated_assert.h): thrown in the fiber, so that the
 // launch stops and reports it (run_grid).
