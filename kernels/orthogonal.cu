@@ -73,9 +73,9 @@ namespace {
 #endif
 constexpr bool kPrefetch = LVMFAST_BJORCK_PREFETCH != 0;
 // 1: the Gram products A = Q^T Q compute the tiles of their upper triangle only (5/8 of them at
-// M = 32, the work packed into the first warps so that the others skip it) and mirror them;
-// bitwise the same A as the full product, whose lower tiles round exactly as the upper ones
-// (x y = y x). 0: the full product, for benchmarks/gpu_kernels.sh to time against.
+// M = 32, the work packed into the first warps so that the others skip it) and mirror them,
+// bitwise the same A as the full product (gemm_tn_quads). 0: the full product, for
+// benchmarks/gpu_kernels.sh to time against.
 #ifndef LVMFAST_BJORCK_SYMMETRIC_GRAM
 #define LVMFAST_BJORCK_SYMMETRIC_GRAM 1
 #endif
@@ -231,11 +231,13 @@ __device__ __forceinline__ void for_each_quad_tile(int rows, int cols, int split
 }
 
 // gemm_tn's fast path: C (M x M) = X^T Y with 4 x 4 tiles; split s of a tile takes the rows
-// d = s, s + splits, ...
-template <typename acc_t>
+// d = s, s + splits, ... kUpper (a Gram product, X = Y): only the 2 x 2 blocks of tiles on or
+// above the diagonal, those above the diagonal blocks also stored transposed; each tile rounds as
+// in the full product, whose lower tiles round exactly as the upper ones (x y = y x).
+template <bool kUpper, typename acc_t>
 __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
                               int split_threads) {
-  for_each_quad_tile<false, acc_t>(
+  for_each_quad_tile<kUpper, acc_t>(
       M, M, split_threads,
       [&](acc_t (&c)[4][4], int i0, int j0, int s, int splits) {
 #pragma unroll 4
@@ -250,6 +252,12 @@ __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, i
       [&](const acc_t (&c)[4][4], int i0, int j0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) store_quad(C + (i0 + i) * M + j0, c[i]);
+        if (!kUpper || i0 / 8 == j0 / 8) return;  // a diagonal block computes its lower tile
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const acc_t column[4] = {c[0][j], c[1][j], c[2][j], c[3][j]};
+          store_quad(C + (j0 + j) * M + i0, column);
+        }
       });
 }
 
@@ -295,7 +303,7 @@ __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const 
 template <typename acc_t>
 __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
                         int split_threads) {
-  if (M % 8 == 0) return gemm_tn_quads(C, X, Y, D, M, split_threads);
+  if (M % 8 == 0) return gemm_tn_quads<false>(C, X, Y, D, M, split_threads);
   const int tiles = (M + 1) / 2;
   for (TileWalk w(tiles, blockDim.x); w.row < tiles; w.next()) {
     const int i0 = 2 * w.row, j0 = 2 * w.col;
@@ -323,33 +331,12 @@ __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
   }
 }
 
-// A (M x M) = X^T X for X (D x M) row-major: the upper blocks of tiles of gemm_tn_quads' grid,
-// each stored and, above the diagonal blocks, mirrored (kSymmetricGram); else gemm_tn.
+// A (M x M) = X^T X for X (D x M) row-major: gemm_tn_quads' upper blocks (kSymmetricGram), else
+// gemm_tn.
 template <typename acc_t>
 __device__ void gram(acc_t* A, const acc_t* X, int D, int M, int split_threads) {
-  if (!kSymmetricGram || M % 8 != 0) return gemm_tn(A, X, X, D, M, split_threads);
-  for_each_quad_tile<true, acc_t>(
-      M, M, split_threads,
-      [&](acc_t (&c)[4][4], int i0, int j0, int s, int splits) {
-#pragma unroll 4
-        for (int d = s; d < D; d += splits) {
-          const Quad<acc_t> a = load_quad(X + d * M + i0), b = load_quad(X + d * M + j0);
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) c[i][j] += a.v[i] * b.v[j];
-        }
-      },
-      [&](const acc_t (&c)[4][4], int i0, int j0) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) store_quad(A + (i0 + i) * M + j0, c[i]);
-        if (i0 / 8 == j0 / 8) return;  // a diagonal block computes its lower tile too
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const acc_t column[4] = {c[0][j], c[1][j], c[2][j], c[3][j]};
-          store_quad(A + (j0 + j) * M + i0, column);
-        }
-      });
+  if (kSymmetricGram && M % 8 == 0) return gemm_tn_quads<true>(A, X, X, D, M, split_threads);
+  gemm_tn(A, X, X, D, M, split_threads);
 }
 
 // C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z, X (D x M), Y (M x M); X2 may be null. Paired loads
