@@ -816,6 +816,16 @@ int grid_size(int64_t B, int per_sm, int num_sms) {
   return static_cast<int>(B < cap ? B : cap);
 }
 
+// The kernel a launch gets, by the shared memory a block stages (the same rule forward and
+// backward): double-buffered (kPipelineBlocksPerSm), wide blocks where a narrow one would stage
+// over kWideAboveBytes, narrow staged blocks, or the kernel that reads global memory.
+enum class Launch { kPipelined, kWide, kNarrow, kGlobal };
+Launch pick_launch(size_t narrow_staged, size_t wide_staged) {
+  if (kPipelineBlocksPerSm > 0 && 2 * narrow_staged <= kStagedSmemLimit) return Launch::kPipelined;
+  if (narrow_staged > kWideAboveBytes && wide_staged <= kStagedSmemLimit) return Launch::kWide;
+  return narrow_staged <= kStagedSmemLimit ? Launch::kNarrow : Launch::kGlobal;
+}
+
 }  // namespace
 
 int sylvester_backward_blocks(int64_t B, bool any_shared, int num_sms) {
@@ -828,27 +838,30 @@ cudaError_t sylvester_forward(const scalar_t* z, const scalar_t* r1, const scala
                               scalar_t* logdet, const SylvesterDims& dims, int num_sms,
                               cudaStream_t stream) {
   if (dims.B == 0) return cudaSuccess;
-  const size_t vectors = forward_bytes<kNarrowThreads, acc_t>(dims, false);
   const size_t staged = forward_bytes<kNarrowThreads, acc_t>(dims, true);
-  if constexpr (kPipelineBlocksPerSm > 0) {
-    if (2 * staged <= kStagedSmemLimit)
-      return launch_with_smem(forward_kernel<kNarrowThreads, scalar_t, acc_t, true, 2>,
-                              grid_size(dims.B, kPipelineBlocksPerSm, num_sms), kNarrowThreads,
-                              2 * staged, stream, z, r1, r2, b, q, out, logdet, dims);
-  }
+  const size_t wide = forward_bytes<kWideThreads, acc_t>(dims, true);
   const int blocks = grid_size(dims.B, 16, num_sms);
-  if (staged > kWideAboveBytes) {
-    const size_t wide = forward_bytes<kWideThreads, acc_t>(dims, true);
-    if (wide <= kStagedSmemLimit)
-      return launch_with_smem(forward_kernel<kWideThreads, scalar_t, acc_t, true, 1>, blocks,
-                              kWideThreads, wide, stream, z, r1, r2, b, q, out, logdet, dims);
+  auto go = [&](auto kernel, int grid, int threads, size_t smem) {
+    return launch_with_smem(kernel, grid, threads, smem, stream, z, r1, r2, b, q, out, logdet,
+                            dims);
+  };
+  switch (pick_launch(staged, wide)) {
+    case Launch::kPipelined:
+      if constexpr (kPipelineBlocksPerSm > 0)
+        return go(forward_kernel<kNarrowThreads, scalar_t, acc_t, true, 2>,
+                  grid_size(dims.B, kPipelineBlocksPerSm, num_sms), kNarrowThreads, 2 * staged);
+      break;
+    case Launch::kWide:
+      return go(forward_kernel<kWideThreads, scalar_t, acc_t, true, 1>, blocks, kWideThreads,
+                wide);
+    case Launch::kNarrow:
+      return go(forward_kernel<kNarrowThreads, scalar_t, acc_t, true, 1>, blocks, kNarrowThreads,
+                staged);
+    case Launch::kGlobal:
+      break;
   }
-  if (staged <= kStagedSmemLimit) {
-    return launch_with_smem(forward_kernel<kNarrowThreads, scalar_t, acc_t, true, 1>, blocks,
-                            kNarrowThreads, staged, stream, z, r1, r2, b, q, out, logdet, dims);
-  }
-  return launch_with_smem(forward_kernel<kNarrowThreads, scalar_t, acc_t, false, 1>, blocks,
-                          kNarrowThreads, vectors, stream, z, r1, r2, b, q, out, logdet, dims);
+  return go(forward_kernel<kNarrowThreads, scalar_t, acc_t, false, 1>, blocks, kNarrowThreads,
+            forward_bytes<kNarrowThreads, acc_t>(dims, false));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -860,34 +873,29 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
                                const SylvesterDims& dims, const SylvesterGradStrides& grad_strides,
                                int blocks, cudaStream_t stream) {
   if (dims.B == 0 || blocks <= 0) return cudaSuccess;
-  const size_t vectors = backward_bytes<kNarrowThreads, acc_t>(dims, false);
   const size_t staged = backward_bytes<kNarrowThreads, acc_t>(dims, true);
+  const size_t wide = backward_bytes<kWideThreads, acc_t>(dims, true);
   acc_t* slices = shared_size > 0 ? workspace : nullptr;
-  if constexpr (kPipelineBlocksPerSm > 0) {
-    if (2 * staged <= kStagedSmemLimit)
-      return launch_with_smem(backward_kernel<kNarrowThreads, scalar_t, acc_t, true, 2>, blocks,
-                              kNarrowThreads, 2 * staged, stream, grad_out, grad_logdet, z, r1, r2,
-                              b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices, shared_size,
-                              dims, grad_strides);
+  auto go = [&](auto kernel, int threads, size_t smem) {
+    return launch_with_smem(kernel, blocks, threads, smem, stream, grad_out, grad_logdet, z, r1,
+                            r2, b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices,
+                            shared_size, dims, grad_strides);
+  };
+  switch (pick_launch(staged, wide)) {
+    case Launch::kPipelined:
+      if constexpr (kPipelineBlocksPerSm > 0)
+        return go(backward_kernel<kNarrowThreads, scalar_t, acc_t, true, 2>, kNarrowThreads,
+                  2 * staged);
+      break;
+    case Launch::kWide:
+      return go(backward_kernel<kWideThreads, scalar_t, acc_t, true, 1>, kWideThreads, wide);
+    case Launch::kNarrow:
+      return go(backward_kernel<kNarrowThreads, scalar_t, acc_t, true, 1>, kNarrowThreads, staged);
+    case Launch::kGlobal:
+      break;
   }
-  if (staged > kWideAboveBytes) {
-    const size_t wide = backward_bytes<kWideThreads, acc_t>(dims, true);
-    if (wide <= kStagedSmemLimit)
-      return launch_with_smem(backward_kernel<kWideThreads, scalar_t, acc_t, true, 1>, blocks,
-                              kWideThreads, wide, stream, grad_out, grad_logdet, z, r1, r2, b, q,
-                              grad_z, grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims,
-                              grad_strides);
-  }
-  if (staged <= kStagedSmemLimit) {
-    return launch_with_smem(backward_kernel<kNarrowThreads, scalar_t, acc_t, true, 1>, blocks,
-                            kNarrowThreads, staged, stream, grad_out, grad_logdet, z, r1, r2, b, q,
-                            grad_z, grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims,
-                            grad_strides);
-  }
-  return launch_with_smem(backward_kernel<kNarrowThreads, scalar_t, acc_t, false, 1>, blocks,
-                          kNarrowThreads, vectors, stream, grad_out, grad_logdet, z, r1, r2, b, q,
-                          grad_z, grad_r1, grad_r2, grad_b, grad_q, slices, shared_size, dims,
-                          grad_strides);
+  return go(backward_kernel<kNarrowThreads, scalar_t, acc_t, false, 1>, kNarrowThreads,
+            backward_bytes<kNarrowThreads, acc_t>(dims, false));
 }
 
 #define LVMFAST_INSTANTIATE(scalar_t, acc_t)                                                     \
