@@ -400,7 +400,7 @@ __device__ __forceinline__ void land_phase() {
 }
 // Whether a kernel stages in groups (kPhasedWaits): staged, single-buffered, asynchronous copies.
 template <bool kStaged, int kBuffers, typename scalar_t, typename acc_t>
-constexpr bool phased() {
+__host__ __device__ constexpr bool phased() {
   return kPhasedWaits && kStaged && kBuffers == 1 && std::is_same<scalar_t, acc_t>::value;
 }
 
