@@ -34,24 +34,23 @@ SCALES="${SCALES:-1,4}"
 #  bjnopf: without the walk's prefetch: 610 us against 590 with it (at 256 x 2).
 #  bjfullgram: every tile of the Gram products A = Q^T Q, the default before session 10's
 #       symmetric Gram (the upper blocks of tiles only, packed into the first warps: at
-#       M = 32, 80 of 128 threads, the fourth warp idle; bitwise the same A). Predicted (not
-#       yet run): the default's forward 5-15% faster (157.8 -> 135-150 us), its backward 0-5%
-#       (the Gram products re-created there are a sixth of its work); within noise would mean
-#       the Gram products were not a large share of the step (the norm's block reduction and
-#       the barriers were).
+#       M = 32, 80 of 128 threads, the fourth warp idle; bitwise the same A). Predicted: the
+#       default's forward 5-15% faster (157.8 -> 135-150 us), its backward 0-5%. H100, session
+#       11: forward 157.7 -> 148.7 us (6%), backward 461.6 -> 453.4 (2%), cold at N = 1024.
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
 #       threads a sample help) or by the loads (then the thread count does not matter). Neither:
 #       256 threads help the Householder kind only, 64 the orthogonal forward only.
 #  sy128: 128 threads for every kind, the default before the wide blocks (256 threads where a
 #       block stages over 28 kB: the Householder kind at D = 64). Predicted: the Householder
 #       kind 30.4 against 33.0 us forward and 55.1 against 65.5 backward (sy256's and the old
-#       default's on 2026-11-26), the other kinds within noise of the default.
-#  sywaitall: one wait for all of a sample's copies, the default before the phased waits (three
-#       groups of copies in the order the phases read them, each phase waiting for its own).
-#       Predicted (not yet run): the default faster where a phase computes while a later
-#       phase's matrices land: triangular fwd 18.8 -> 17-18.5 us, orthogonal 16.2 -> 14-15.5,
-#       Householder 30.4 -> 28-30, backwards 0-2 us each; within noise would mean a block's
-#       earlier groups do not land first (or its first phases are short).
+#       default's on 2026-11-26), the other kinds within noise of the default. H100, session 11
+#       (cold, both builds with the since-removed phased waits): Householder forward 34.8 -> 33.3
+#       us, backward 70.2 -> 58.7 at B = 1024; at B = 4096 forward 107.3 -> 116.8 (slower),
+#       backward 214.0 -> 210.9; the other kinds within 1%.
+#  (removed) phased waits: a staged sample's copies in three committed groups, each phase waiting
+#       for its own, predicted 1-3 us faster; on the H100 (session 11) from 1% faster to 16%
+#       slower (triangular forward 19.1 -> 20.9 us at B = 1024, 57.6 -> 66.7 at 4096). Untested
+#       guess: the split copy loops keep fewer bytes in flight.
 #  sypipe*: in one wave every block loads, then every block computes, and nothing overlaps;
 #       fewer blocks, each loading its next sample while it computes the current one. Slower in
 #       every case (fewer bytes in flight).
@@ -60,7 +59,6 @@ VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJ
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
 bjfullgram:-DLVMFAST_BJORCK_SYMMETRIC_GRAM=0;\
 sy128:-DLVMFAST_SYLVESTER_WIDE_THREADS=128;\
-sywaitall:-DLVMFAST_SYLVESTER_PHASED_WAITS=0;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
 sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_WIDE_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
 sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\

@@ -20,11 +20,10 @@
 // are staged there too when they fit (kStagedSmemLimit): every thread issues its share of
 // the upper triangles (and of a dense Q), with z, b (and the backward's grad_out), at once, as
 // asynchronous copies (cp.async, sm_80+) when no conversion is needed, so that a sample waits
-// out one memory latency; in three groups, in the order the phases read them, each phase
-// waiting only for its own (kPhasedWaits). Both triangles share one M x (M + 1) array
-// (triangles_ld): 18.4 kB a forward block at M = 64 with the vectors, so 11 blocks fit on an SM
-// (10 by registers, kMinBlocksPerSm) and the benchmark's 1024 samples run in one wave. The
-// mat-vecs then read shared memory:
+// out one memory latency. Both triangles share one M x (M + 1) array (triangles_ld): 18.4 kB a
+// forward block at M = 64 with the vectors, so 11 blocks fit on an SM (10 by registers,
+// kMinBlocksPerSm) and the benchmark's 1024 samples run in one wave. The mat-vecs then read
+// shared memory:
 //   * R v and Q v (rows): a group of g lanes of one warp per row, all rows of a pass at once
 //     (g = 2 at M = 64), a shuffle reduction per group, and the tanh, log and gradient terms of
 //     every row evaluated in parallel. Strides are padded so that a warp hits 32 distinct banks.
@@ -48,10 +47,6 @@
 // Q^T v split over the block (at M = 32 a quarter of it had run the 64-long dots). Also not yet
 // run: the tuning constants below can be overridden with -D, and one such build double-buffers
 // the staging (LVMFAST_SYLVESTER_PIPELINE_BLOCKS), for benchmarks/gpu_kernels.sh to time.
-// Session 8 (H100): loading the triangles alone took 0.68 of the triangular forward, and
-// double-buffering was slower (fewer blocks, fewer bytes in flight). Then (session 10, not yet run
-// on a GPU): the phased waits, which overlap the first phases with the later phases' loads
-// without giving up any block.
 #include "async_copy.cuh"
 #include "convert.cuh"
 #include "launch.cuh"
@@ -111,15 +106,6 @@ constexpr int min_blocks(int narrow_blocks, int threads) {
 #define LVMFAST_SYLVESTER_PIPELINE_BLOCKS 0
 #endif
 constexpr int kPipelineBlocksPerSm = LVMFAST_SYLVESTER_PIPELINE_BLOCKS;  // 0: off
-// Phased waits (on by default; 0 restores one wait a sample, for benchmarks/gpu_kernels.sh to
-// compare): a staged sample's copies go out in three groups in the order its phases read them,
-// and each phase waits only for its own, so that Q^T z and R2 y compute while R2 and R1 land.
-// Single-buffered float and double kernels only: the double-buffered ones already overlap, and
-// converted (half) copies are register loads that wait where they are issued.
-#ifndef LVMFAST_SYLVESTER_PHASED_WAITS
-#define LVMFAST_SYLVESTER_PHASED_WAITS 1
-#endif
-constexpr bool kPhasedWaits = LVMFAST_SYLVESTER_PHASED_WAITS != 0;
 // Staged kernels only up to this much shared memory a block: two blocks still fit on an SM.
 constexpr size_t kStagedSmemLimit = 96 * 1024;
 
@@ -327,9 +313,28 @@ __device__ __forceinline__ void stage_pair(const View<acc_t, int>& dst_a, const 
   }
 }
 
+// Issues the copies of one sample's matrices; the caller waits (wait_async_copies). A shared
+// parameter (batch stride 0) is copied for the block's first sample only.
+template <int kThreads, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* R1,
+                                      const scalar_t* R2, const scalar_t* Q,
+                                      const SylvesterDims& p, bool first, int tid) {
+  // staged sizes are small (kStagedSmemLimit): 32-bit indices
+  const int M = static_cast<int>(p.M), D = static_cast<int>(p.D);
+  stage_pair<kThreads>(dst.r1, R1, first || p.r1_bs != 0, dst.r2, R2, first || p.r2_bs != 0, M, M,
+                       true, tid);
+  if (p.qkind == 2) {
+    // q_columns: the source is a row-major M x D matrix (Q^T), staged through the transposed view
+    const bool t = p.q_columns;
+    const View<acc_t, int> q{dst.q.p, t ? dst.q.col : dst.q.row, t ? dst.q.row : dst.q.col,
+                             dst.q.off};
+    stage_pair<kThreads>(q, Q, first || p.q_bs != 0, q, Q, false, t ? M : D, t ? D : M, false, tid);
+  }
+}
+
 // dst[0, n) = src[0, n stride) in acc_t: issued with the sample's matrices (asynchronously when
-// no conversion is needed), so that z, grad_out and b arrive with them instead of one memory
-// latency each after their wait.
+// no conversion is needed), so that z, grad_out and b arrive in the same wait as the matrices
+// instead of one memory latency each after it.
 template <int kThreads, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void stage_vector(acc_t* dst, const scalar_t* src, int n, int tid,
                                              int64_t stride = 1) {
@@ -341,86 +346,20 @@ __device__ __forceinline__ void stage_vector(acc_t* dst, const scalar_t* src, in
   }
 }
 
-// Issues the copies of one sample's upper triangles (those of copy_r1 and copy_r2); the caller
-// waits (wait_async_copies). Staged sizes are small (kStagedSmemLimit): 32-bit indices.
-template <int kThreads, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void stage_triangles(const Staged<acc_t>& dst, const scalar_t* R1,
-                                                bool copy_r1, const scalar_t* R2, bool copy_r2,
-                                                const SylvesterDims& p, int tid) {
-  const int M = static_cast<int>(p.M);
-  stage_pair<kThreads>(dst.r1, R1, copy_r1, dst.r2, R2, copy_r2, M, M, true, tid);
-}
-// The same for a dense Q (orthogonal and Householder kinds; nothing otherwise).
-template <int kThreads, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void stage_q(const Staged<acc_t>& dst, const scalar_t* Q, bool copy_q,
-                                        const SylvesterDims& p, int tid) {
-  const int M = static_cast<int>(p.M), D = static_cast<int>(p.D);
-  if (p.qkind == 2) {
-    // q_columns: the source is a row-major M x D matrix (Q^T), staged through the transposed view
-    const bool t = p.q_columns;
-    const View<acc_t, int> q{dst.q.p, t ? dst.q.col : dst.q.row, t ? dst.q.row : dst.q.col,
-                             dst.q.off};
-    stage_pair<kThreads>(q, Q, copy_q, q, Q, false, t ? M : D, t ? D : M, false, tid);
-  }
-}
-
-// Issues the copies of one sample: the matrices, z, b, and (backward, gn != nullptr) the row of
-// grad_out at stride g_stride, into `vectors` (bias_offset: where b goes) and the matrices'
-// layout. A shared parameter (batch stride 0) is copied for the buffer's first sample only.
-// kPhased: in three committed groups, in the order the phases read them (z, grad_out and Q;
-// then b and R2; then R1), each waited for by land_phase; else in one uncommitted batch, R1 and
-// R2 interleaved, for the caller to wait for as a whole.
-template <bool kPhased, int kThreads, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void stage_sample_copies(
-    const Staged<acc_t>& mats, acc_t* vectors, int64_t bias_offset, const scalar_t* zn,
-    const scalar_t* gn, int64_t g_stride, const scalar_t* bn, const scalar_t* R1,
-    const scalar_t* R2, const scalar_t* Q, const SylvesterDims& p, bool first, int tid) {
-  const int D = static_cast<int>(p.D), M = static_cast<int>(p.M);
-  const bool copy_r1 = first || p.r1_bs != 0, copy_r2 = first || p.r2_bs != 0;
-  stage_vector<kThreads>(vectors, zn, D, tid);
-  if (gn != nullptr) stage_vector<kThreads>(vectors + D, gn, D, tid, g_stride);
-  stage_q<kThreads>(mats, Q, first || p.q_bs != 0, p, tid);
-  if constexpr (kPhased) commit_async_copies();
-  if (first || p.b_bs != 0) stage_vector<kThreads>(vectors + bias_offset, bn, M, tid);
-  if constexpr (kPhased) {
-    stage_triangles<kThreads>(mats, R1, false, R2, copy_r2, p, tid);
-    commit_async_copies();
-    stage_triangles<kThreads>(mats, R1, copy_r1, R2, false, p, tid);
-    commit_async_copies();
-  } else {
-    stage_triangles<kThreads>(mats, R1, copy_r1, R2, copy_r2, p, tid);
-  }
-}
-
-// Before the barrier that opens phase kPhase of a sample staged in groups (kPhased; 0: z, grad_out
-// and Q, 1: b and R2, 2: R1): this thread's copies of that phase's group have landed.
-template <bool kPhased, int kPhase>
-__device__ __forceinline__ void land_phase() {
-  if constexpr (kPhased) wait_async_copies_but<2 - kPhase>();
-}
-// Whether a kernel stages in groups (kPhasedWaits): staged, single-buffered, asynchronous copies.
-template <bool kStaged, int kBuffers, typename scalar_t, typename acc_t>
-__host__ __device__ constexpr bool phased() {
-  return kPhasedWaits && kStaged && kBuffers == 1 && std::is_same<scalar_t, acc_t>::value;
-}
-
 // ys = Q^T zs (and gs = Q^T g when g is given) for a dense D x M Q, by column_dots, with the
 // splits added up (partial: kThreads acc_t, twice that with g). Every thread must call it; it
-// ends with a barrier, and calls settle() before each of its barriers (land_phase: the next
-// phase's copies become visible at the last one).
-template <int kThreads, typename acc_t, typename T, typename I, typename Settle>
+// ends with a barrier.
+template <int kThreads, typename acc_t, typename T, typename I>
 __device__ __forceinline__ void transposed_dots(const View<T, I>& Q, const acc_t* zs,
                                                 const acc_t* g, I D, I M, acc_t* ys, acc_t* gs,
-                                                acc_t* partial, int tid, Settle&& settle) {
+                                                acc_t* partial, int tid) {
   column_dots<kThreads>(Q, D, M, false, zs, ys, g, gs, partial, tid);
-  settle();
   __syncthreads();
   if (column_parts<kThreads>(M) == 1) return;
   for (I m = tid; m < M; m += kThreads) {
     ys[m] = column_sum<kThreads>(ys, partial, M, m);
     if (g != nullptr) gs[m] = column_sum<kThreads>(gs, partial + kThreads, M, m);
   }
-  settle();
   __syncthreads();
 }
 
@@ -470,10 +409,8 @@ __device__ __forceinline__ Global<scalar_t> global_views(const scalar_t* R1, con
 }
 
 // One sample of the forward pass; `mats` holds views of R1, R2 and Q, staged (Staged, I = int)
-// or in global memory (Global, I = int64_t). kPhased: staged in groups (stage_sample_copies), the
-// first of which has landed.
-template <int kThreads, bool kStaged, bool kPhased, typename I, typename scalar_t, typename acc_t,
-          typename Mats>
+// or in global memory (Global, I = int64_t).
+template <int kThreads, bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
 __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& mats,
                                                const scalar_t* bn, scalar_t* outn,
                                                scalar_t* logdetn, acc_t* vectors,
@@ -493,25 +430,20 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
     for (I d = tid; d < D; d += kThreads) zs[d] = load<acc_t>(zn, d);
   __syncthreads();
   if (p.qkind == 2) {
-    transposed_dots<kThreads>(Q, zs, static_cast<const acc_t*>(nullptr), D, M, y, y, partial, tid,
-                              land_phase<kPhased, 1>);
+    transposed_dots<kThreads>(Q, zs, static_cast<const acc_t*>(nullptr), D, M, y, y, partial, tid);
   } else {
     for (I m = tid; m < M; m += kThreads) y[m] = zs[p.qkind == 0 ? m : D - 1 - m];
-    land_phase<kPhased, 1>();
     __syncthreads();
   }
-  row_dots<kThreads, kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
-    h[m] = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
-  });
-  land_phase<kPhased, 2>();
-  __syncthreads();
-  // the log-det here, where R1's diagonal has landed
   acc_t my_logdet = 0;
-  row_dots<kThreads, kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) {
-    c[m] = s;
+  row_dots<kThreads, kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
+    const acc_t hm = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
+    h[m] = hm;
     const acc_t diag = to_acc<acc_t>(R1(m, m)) * to_acc<acc_t>(R2(m, m));
-    my_logdet += log_abs(acc_t(1) + (acc_t(1) - h[m] * h[m]) * diag);
+    my_logdet += log_abs(acc_t(1) + (acc_t(1) - hm * hm) * diag);
   });
+  __syncthreads();
+  row_dots<kThreads, kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
   __syncthreads();
   if (p.qkind != 2) {
     for (I d = tid; d < D; d += kThreads)
@@ -546,18 +478,13 @@ __device__ __forceinline__ void stage_first(Issue&& issue, int64_t B) {
   }
 }
 // At the top of the block's i-th sample n: once its own copies have landed (for this thread),
-// the next sample's are in flight (two buffers) or none are (one); kPhased (one buffer): once
-// its first group has landed, the others still in flight (land_phase). The caller's next barrier
+// the next sample's are in flight (two buffers) or none are (one). The caller's next barrier
 // makes the copies visible to the block.
-template <int kBuffers, bool kPhased, typename Issue>
+template <int kBuffers, typename Issue>
 __device__ __forceinline__ void stage_sample(Issue&& issue, int64_t n, int64_t i, int64_t B) {
-  static_assert(!kPhased || kBuffers == 1, "phased waits are single-buffered");
   if constexpr (kBuffers == 1) {
     issue(n, 0, i == 0);
-    if constexpr (kPhased)
-      land_phase<true, 0>();
-    else
-      wait_async_copies();
+    wait_async_copies();
   } else if (n + gridDim.x < B) {
     // the other buffer's last reader finished at the previous sample's final barrier
     issue(n + gridDim.x, buffer_of<kBuffers>(i + 1), i == 0);
@@ -577,7 +504,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBlocksPerSm, kThreads
                    const scalar_t* __restrict__ q, scalar_t* __restrict__ out,
                    scalar_t* __restrict__ logdet, SylvesterDims p) {
   static_assert(kBuffers == 1 || (kBuffers == 2 && kStaged), "double buffers are staged ones");
-  constexpr bool kPhased = phased<kStaged, kBuffers, scalar_t, acc_t>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ acc_t warp_logdet[kThreads / 32];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
@@ -591,10 +517,12 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBlocksPerSm, kThreads
   // parameter is staged once per buffer).
   auto issue = [&](int64_t n, int k, bool first) {
     acc_t* vectors = smem + k * per_buffer;
-    stage_sample_copies<kPhased, kThreads>(
-        layout(vectors), vectors, forward_bias_offset(p), z + n * p.D,
-        static_cast<const scalar_t*>(nullptr), 1, b + n * p.b_bs, r1 + n * p.r1_bs,
-        r2 + n * p.r2_bs, p.qkind == 2 ? q + n * p.q_bs : nullptr, p, first, tid);
+    const int D = static_cast<int>(p.D), M = static_cast<int>(p.M);
+    stage<kThreads>(layout(vectors), r1 + n * p.r1_bs, r2 + n * p.r2_bs,
+                    p.qkind == 2 ? q + n * p.q_bs : nullptr, p, first, tid);
+    stage_vector<kThreads>(vectors, z + n * p.D, D, tid);
+    if (first || p.b_bs != 0)
+      stage_vector<kThreads>(vectors + forward_bias_offset(p), b + n * p.b_bs, M, tid);
   };
   if constexpr (kStaged) stage_first<kBuffers>(issue, p.B);
   int64_t i = 0;
@@ -602,13 +530,12 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBlocksPerSm, kThreads
     acc_t* vectors = smem + buffer_of<kBuffers>(i) * per_buffer;
     const scalar_t* bn = b + n * p.b_bs;
     if constexpr (kStaged) {
-      stage_sample<kBuffers, kPhased>(issue, n, i, p.B);
+      stage_sample<kBuffers>(issue, n, i, p.B);
       // forward_sample's first barrier orders these copies before their use
-      forward_sample<kThreads, true, kPhased, int>(z + n * p.D, layout(vectors), bn,
-                                                   out + n * p.D, logdet + n, vectors, warp_logdet,
-                                                   p, tid);
+      forward_sample<kThreads, true, int>(z + n * p.D, layout(vectors), bn, out + n * p.D,
+                                          logdet + n, vectors, warp_logdet, p, tid);
     } else {
-      forward_sample<kThreads, false, false, int64_t>(
+      forward_sample<kThreads, false, int64_t>(
           z + n * p.D,
           global_views(r1 + n * p.r1_bs, r2 + n * p.r2_bs, p.qkind == 2 ? q + n * p.q_bs : nullptr, p),
           bn, out + n * p.D, logdet + n, vectors, warp_logdet, p, tid);
@@ -625,9 +552,8 @@ struct SampleGrads {
   acc_t *ws_r1, *ws_r2, *ws_b, *ws_q;
 };
 
-// gn: the sample's row of grad_out, its elements `g_stride` apart. kPhased: as forward_sample's.
-template <int kThreads, bool kStaged, bool kPhased, typename I, typename scalar_t, typename acc_t,
-          typename Mats>
+// gn: the sample's row of grad_out, its elements `g_stride` apart.
+template <int kThreads, bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
 __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_stride, acc_t gl,
                                                 const scalar_t* zn, const Mats& mats,
                                                 const scalar_t* bn,
@@ -660,32 +586,27 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
   __syncthreads();
   // y = Q^T z and gc = Q^T g, in one pass over Q.
   if (dense) {
-    transposed_dots<kThreads>(Q, zs, static_cast<const acc_t*>(gs), D, M, y, gc, partial, tid,
-                              land_phase<kPhased, 1>);
+    transposed_dots<kThreads>(Q, zs, static_cast<const acc_t*>(gs), D, M, y, gc, partial, tid);
   } else {
     for (I m = tid; m < M; m += kThreads) {
       const I d = p.qkind == 0 ? m : D - 1 - m;
       y[m] = zs[d];
       gc[m] = gs[d];
     }
-    land_phase<kPhased, 1>();
     __syncthreads();
   }
+  // h, and the log-det's gradients: w.r.t. h (kept in ga until gh is known) and the diagonals.
   row_dots<kThreads, kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
-    h[m] = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
-  });
-  land_phase<kPhased, 2>();
-  __syncthreads();
-  // The log-det's gradients, where R1's diagonal has landed: w.r.t. h (kept in ga until gh is
-  // known) and the diagonals.
-  for (I m = tid; m < M; m += kThreads) {
-    const acc_t hm = h[m], r1d = to_acc<acc_t>(R1(m, m)), r2d = to_acc<acc_t>(R2(m, m));
+    const acc_t hm = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
+    const acc_t r1d = to_acc<acc_t>(R1(m, m)), r2d = to_acc<acc_t>(R2(m, m));
     const acc_t s = acc_t(1) - hm * hm;
     const acc_t w = gl / (acc_t(1) + s * r1d * r2d);
+    h[m] = hm;
     ga[m] = acc_t(-2) * hm * r1d * r2d * w;
     dg1[m] = s * r2d * w;
     dg2[m] = s * r1d * w;
-  }
+  });
+  __syncthreads();
   // gh = R1^T gc (split sums, added up below); c = R1 h (needed for grad_q only).
   column_dots<kThreads>(R1, M, M, true, static_cast<const acc_t*>(gc), gh,
                         static_cast<const acc_t*>(nullptr), gh, partial, tid);
@@ -746,7 +667,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBackwardBlocksPerSm, 
                     acc_t* __restrict__ workspace, int64_t shared_size, SylvesterDims p,
                     SylvesterGradStrides gst) {
   static_assert(kBuffers == 1 || (kBuffers == 2 && kStaged), "double buffers are staged ones");
-  constexpr bool kPhased = phased<kStaged, kBuffers, scalar_t, acc_t>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t D = p.D, M = p.M, MM = M * M;
   const bool dense = p.qkind == 2;
@@ -767,10 +687,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBackwardBlocksPerSm, 
   // Issues the copies of sample n into buffer k (`first`: as in forward_kernel).
   auto issue = [&](int64_t n, int k, bool first) {
     acc_t* vectors = smem + k * per_buffer;
-    stage_sample_copies<kPhased, kThreads>(
-        layout(vectors), vectors, backward_bias_offset(p), z + n * D, grad_out + n * gst.out_row,
-        gst.out_col, b + n * p.b_bs, r1 + n * p.r1_bs, r2 + n * p.r2_bs,
-        dense ? q + n * p.q_bs : nullptr, p, first, tid);
+    const int Di = static_cast<int>(D), Mi = static_cast<int>(M);
+    stage<kThreads>(layout(vectors), r1 + n * p.r1_bs, r2 + n * p.r2_bs,
+                    dense ? q + n * p.q_bs : nullptr, p, first, tid);
+    stage_vector<kThreads>(vectors, z + n * D, Di, tid);
+    stage_vector<kThreads>(vectors + Di, grad_out + n * gst.out_row, Di, tid, gst.out_col);
+    if (first || p.b_bs != 0)
+      stage_vector<kThreads>(vectors + backward_bias_offset(p), b + n * p.b_bs, Mi, tid);
   };
   if constexpr (kStaged) stage_first<kBuffers>(issue, p.B);
   int64_t i = 0;
@@ -784,14 +707,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBackwardBlocksPerSm, 
     out.q = !dense || out.ws_q != nullptr ? nullptr : grad_q + n * D * M;
     const acc_t gl = load<acc_t>(grad_logdet, n * gst.logdet);
     if constexpr (kStaged) {
-      stage_sample<kBuffers, kPhased>(issue, n, i, p.B);
+      stage_sample<kBuffers>(issue, n, i, p.B);
       // backward_sample's first barrier orders these copies before their use, and its last
       // one their reuse
-      backward_sample<kThreads, true, kPhased, int>(grad_out + n * gst.out_row, gst.out_col, gl,
-                                                    z + n * D, layout(vectors), bn, out, vectors,
-                                                    p, tid);
+      backward_sample<kThreads, true, int>(grad_out + n * gst.out_row, gst.out_col, gl,
+                                           z + n * D, layout(vectors), bn, out, vectors, p, tid);
     } else {
-      backward_sample<kThreads, false, false, int64_t>(
+      backward_sample<kThreads, false, int64_t>(
           grad_out + n * gst.out_row, gst.out_col, gl, z + n * D,
           global_views(r1 + n * p.r1_bs, r2 + n * p.r2_bs, dense ? q + n * p.q_bs : nullptr, p),
           bn, out, vectors, p, tid);
