@@ -46,7 +46,8 @@ SCALES="${SCALES:-1,4}"
 #       default's on 2026-11-26), the other kinds within noise of the default. H100, session 11
 #       (cold, both builds with the since-removed phased waits): Householder forward 34.8 -> 33.3
 #       us, backward 70.2 -> 58.7 at B = 1024; at B = 4096 forward 107.3 -> 116.8 (slower),
-#       backward 214.0 -> 210.9; the other kinds within 1%.
+#       backward 214.0 -> 210.9; the other kinds within 1%. Again without them (run 3):
+#       forward 33.3 -> 31.0 and backward 65.9 -> 55.4 at B = 1024, forward 96.7 -> 107.4 at 4096.
 #  (removed) phased waits: a staged sample's copies in three committed groups, each phase waiting
 #       for its own, predicted 1-3 us faster; on the H100 (session 11) from 1% faster to 16%
 #       slower (triangular forward 19.1 -> 20.9 us at B = 1024, 57.6 -> 66.7 at 4096). Untested
