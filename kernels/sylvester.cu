@@ -47,6 +47,10 @@
 // Q^T v split over the block (at M = 32 a quarter of it had run the 64-long dots). Also not yet
 // run: the tuning constants below can be overridden with -D, and one such build double-buffers
 // the staging (LVMFAST_SYLVESTER_PIPELINE_BLOCKS), for benchmarks/gpu_kernels.sh to time.
+// Session 8 (H100): loading the triangles alone took 0.68 of the triangular forward, and
+// double-buffering was slower (fewer blocks, fewer bytes in flight). Session 11 (H100): copies
+// in three groups, each phase waiting only for its own, ran up to 16% slower than one wait, and
+// were removed.
 #include "async_copy.cuh"
 #include "convert.cuh"
 #include "launch.cuh"
