@@ -153,28 +153,37 @@ def summarize_device_events(events, reps: int) -> dict | None:
     """Per call, from the profiler's events: `busy_s`, the GPU's time in kernels and copies;
     `op_s`, the part launched inside lvmfast ops (their glue's kernels included, the caller's
     sums and adds not); `kernels`, the eight costliest kernels by name. None without device time.
-    Events need name, device_type, self_device_time_total, device_time_total and cpu_parent."""
+    Events need name, device_type, self_device_time_total and cpu_parent; kernels their
+    linked_correlation_id and CPU events their id (else device_time_total is used, see below)."""
     from torch.autograd import DeviceType
 
     kernels: dict[str, float] = {}
-    for e in events:
-        if e.device_type == DeviceType.CUDA:
-            kernels[e.name] = kernels.get(e.name, 0.0) + e.self_device_time_total
+    device_events = [e for e in events if e.device_type == DeviceType.CUDA]
+    for e in device_events:
+        kernels[e.name] = kernels.get(e.name, 0.0) + e.self_device_time_total
     busy_us = sum(kernels.values())
     if busy_us <= 0:
         return None
 
-    def inside_lvmfast_op(e):
-        parent = e.cpu_parent
-        while parent is not None:
-            if parent.name.startswith("lvmfast::"):
+    def under_lvmfast_op(e):
+        while e is not None:
+            if e.name.startswith("lvmfast::"):
                 return True
-            parent = parent.cpu_parent
+            e = e.cpu_parent
         return False
 
-    op_us = sum(e.device_time_total for e in events
-                if e.device_type == DeviceType.CPU and e.name.startswith("lvmfast::")
-                and not inside_lvmfast_op(e))
+    cpu_events = [e for e in events if e.device_type == DeviceType.CPU]
+    launcher_ids = {getattr(k, "linked_correlation_id", 0) for k in device_events} - {0}
+    if launcher_ids:
+        # Each kernel once, by the CPU op that launched it: in the H100 bench of 2026-11-27 the
+        # ops' device_time_total held one forward call's kernels too many in every row checked
+        # (1.2 x the busy time for 5 calls of a single-kernel op).
+        lvmfast_ids = {e.id for e in cpu_events if e.id in launcher_ids and under_lvmfast_op(e)}
+        op_us = sum(k.self_device_time_total for k in device_events
+                    if getattr(k, "linked_correlation_id", 0) in lvmfast_ids)
+    else:  # no kernel names its launcher: the top-level lvmfast ops' totals
+        op_us = sum(e.device_time_total for e in cpu_events
+                    if e.name.startswith("lvmfast::") and not under_lvmfast_op(e.cpu_parent))
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:8]
     return {"busy_s": busy_us / 1e6 / reps, "op_s": op_us / 1e6 / reps,
             "kernels": {name[:100]: us / 1e6 / reps for name, us in top}}
