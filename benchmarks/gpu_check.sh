@@ -6,7 +6,8 @@
 # Limits in seconds: TEST_LIMIT_S (pytest), BENCH_LIMIT_S (each family), DEADLINE_S (no family
 # starts past it, counted from the script's start). TESTS: pytest selection (default: all of
 # `-m cuda`; `none` skips the tests). Wheels in .whl/ (carried: the device has no network) are
-# installed first, e.g. diffusers and its dependencies for the peer rows. LVMFAST_CUDA_DEFINES
+# installed first, e.g. diffusers and its dependencies for the peer rows. TRITON_KERNELS=0 skips
+# benchmarks/triton_kernels.py (the Triton flow kernels alone; TRITON_LIMIT_S). LVMFAST_CUDA_DEFINES
 # ("X=1 Y=2") builds the kernels with those -D tuning constants (a variant of gpu_kernels.sh).
 set -uo pipefail
 OUT="${OUT:-$(mktemp -d)}"
@@ -57,6 +58,14 @@ echo "passed $(grep -c ' PASSED ' "$OUT/pytest.txt"), skipped $(grep -c ' SKIPPE
 tail -1 "$OUT/pytest.txt"
 fi
 
+if [ "${TRITON_KERNELS:-1}" != 0 ]; then
+  # the Triton flow kernels alone, in CUDA graphs, rows like gpu_kernels.sh's (their table goes
+  # at the end of floors.md: the tool returns at most 8 files)
+  stamp "Triton kernels alone"
+  timeout "${TRITON_LIMIT_S:-120}" python benchmarks/triton_kernels.py >"$OUT/triton-kernels.jsonl" \
+    2> >(tail -5 >&2) || echo "triton_kernels.py: rc=$?"
+fi
+
 stamp "CUDA benchmarks: ${FAMILIES[*]}"
 bench_rc=0
 : >"$OUT/bench.txt"
@@ -84,6 +93,9 @@ if merged:
     json.dump(merged, open(sys.argv[1], "w"), indent=1)
 EOF
 [ -f "$OUT/bench.json" ] && python benchmarks/floors.py table "$OUT/bench.json" "$OUT/ceilings.json" >"$OUT/floors.md"
+if [ -s "$OUT/triton-kernels.jsonl" ]; then
+  { echo; python benchmarks/floors.py kernels "$OUT/ceilings.json" "$OUT/triton-kernels.jsonl"; } >>"$OUT/floors.md"
+fi
 
 stamp "summary (pytest rc=$tests_rc, bench rc=$bench_rc)"
 grep -E "failed|rc=" "$OUT/bench.txt" | cut -c1-160 | head -20

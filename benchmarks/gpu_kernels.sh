@@ -52,6 +52,16 @@ SCALES="${SCALES:-1,4}"
 #       for its own, predicted 1-3 us faster; on the H100 (session 11) from 1% faster to 16%
 #       slower (triangular forward 19.1 -> 20.9 us at B = 1024, 57.6 -> 66.7 at 4096). Untested
 #       guess: the split copy loops keep fewer bytes in flight.
+#  syglobal: no staging, every launch reads the matrices from global memory (all blocks of 128
+#       threads, only the vectors in shared memory, so the SM's registers bound the blocks).
+#       Staged, the Householder kind's 33 kB a block leave 6 blocks an SM, 792 < 1024 samples:
+#       B = 1024 runs in two rounds of load-then-compute. The Triton kernel of that kind, which
+#       stages nothing, ran its forward in 17.8 us a flow in session 11's bench (native 29.5,
+#       both warm). Predicted (not yet run): the
+#       Householder kind's forward 31 -> 20-26 us at B = 1024, the triangular and orthogonal
+#       kinds slower than staged (their rows read from global memory by lane groups, each
+#       element once). Equal or slower for the Householder kind too would mean the second round
+#       is not what costs, and the next lever is not the staging.
 #  sypipe*: in one wave every block loads, then every block computes, and nothing overlaps;
 #       fewer blocks, each loading its next sample while it computes the current one. Slower in
 #       every case (fewer bytes in flight).
@@ -60,6 +70,7 @@ VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJ
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
 bjfullgram:-DLVMFAST_BJORCK_SYMMETRIC_GRAM=0;\
 sy128:-DLVMFAST_SYLVESTER_WIDE_THREADS=128;\
+syglobal:-DLVMFAST_SYLVESTER_STAGED_LIMIT_KB=0;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
 sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_WIDE_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
 sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\

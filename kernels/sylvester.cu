@@ -83,8 +83,10 @@ namespace {
 // of one count each) 256 threads took the Householder kind (a 64 x 64 Q beside the triangles,
 // 35 kB a forward block, 6 blocks an SM) from 33.0 to 30.4 us forward and from 65.5 to 55.1 us
 // backward, and slowed the triangular (18 kB) and orthogonal (14 kB) kinds: 18.8 -> 20.6 and
-// 16.1 -> 20.7 us forward. The footprint is the rule, the kind its one measured case; the
-// build that picks per launch (this one) has not yet run on a GPU (gpu_kernels.sh: sy128).
+// 16.1 -> 20.7 us forward. The footprint is the rule, the kind its one measured case. Picked per
+// launch (this build, against gpu_kernels.sh's sy128, H100, session 11): the Householder kind at
+// B = 1024 31.0 against 33.3 us forward, 55.4 against 65.9 backward, but at B = 4096 107.4
+// against 96.7 forward.
 constexpr int kNarrowThreads = LVMFAST_SYLVESTER_THREADS;
 constexpr int kWideThreads = LVMFAST_SYLVESTER_WIDE_THREADS;
 constexpr size_t kWideAboveBytes = 28 * 1024;
@@ -111,7 +113,12 @@ constexpr int min_blocks(int narrow_blocks, int threads) {
 #endif
 constexpr int kPipelineBlocksPerSm = LVMFAST_SYLVESTER_PIPELINE_BLOCKS;  // 0: off
 // Staged kernels only up to this much shared memory a block: two blocks still fit on an SM.
-constexpr size_t kStagedSmemLimit = 96 * 1024;
+// -D LVMFAST_SYLVESTER_STAGED_LIMIT_KB=0 sends every launch to the kernel that reads the matrices
+// from global memory (gpu_kernels.sh's syglobal), to time staging against.
+#ifndef LVMFAST_SYLVESTER_STAGED_LIMIT_KB
+#define LVMFAST_SYLVESTER_STAGED_LIMIT_KB 96
+#endif
+constexpr size_t kStagedSmemLimit = size_t{LVMFAST_SYLVESTER_STAGED_LIMIT_KB} * 1024;
 
 template <typename acc_t, typename T>
 __device__ __forceinline__ acc_t load(const T* p, int64_t i) {

@@ -6,6 +6,7 @@ import pathlib
 import pytest
 import torch
 
+import lvmfast
 from lvmfast.bench import harness
 
 _FLOORS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "floors.py"
@@ -168,3 +169,46 @@ def test_device_time_of_an_lvmfast_op_on_the_gpu():
     # profiler's own op totals gave 1.2 x on the H100)
     forward = harness.device_time(lambda: lvmfast.householder_flow(z.detach(), v.detach()))
     assert forward["op_s"] == pytest.approx(forward["busy_s"], rel=1e-6)
+
+
+def _triton_kernels():
+    spec = importlib.util.spec_from_file_location("triton_kernels", _FLOORS.parent / "triton_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(lvmfast.backends()["triton"]["version"] is None, reason="no Triton backend")
+def test_triton_kernels_rows_check_and_tabulate(tmp_path, capsys):
+    """benchmarks/triton_kernels.py (on the CPU: the interpreter, tiny batches): a row for every
+    case, each checked against the reference, in the format `floors.py kernels` reads, with no
+    checksum compared against the native program's rows (other inputs)."""
+    script = _triton_kernels()
+    assert script.main(["--tiny", "--scales", "1", "--reps", "1", "--launches", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["op"], r["shape"], r["mode"]) for r in rows] == [
+        ("sylvester_flow", kind, mode) for kind in ("triangular", "orthogonal", "householder")
+        for mode in ("fwd", "bwd")] + [("householder_flow", "amortized", m) for m in ("fwd", "bwd")]
+    assert all(r["variant"] == "triton" and 0 < r["reference_error"] < 1e-4 for r in rows)
+    native = dict(rows[0], variant="default", inputs=None, abs_checksum=2 * rows[0]["abs_checksum"])
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows + [native]))
+    (tmp_path / "ceilings.json").write_text(json.dumps(
+        {"gpu": "test", "copy_bytes_per_s": 3e12, "fp32_flops_per_s": 5e13}))
+    table = _floors().kernels_table(str(tmp_path / "ceilings.json"), [str(tmp_path / "rows.jsonl")])
+    triangular_fwd = [line for line in table.splitlines()
+                      if line.startswith("| triton | sylvester_flow | triangular | fwd |")]
+    assert len(triangular_fwd) == 1 and triangular_fwd[0].endswith("| – |")
+
+
+@pytest.mark.skipif(lvmfast.backends()["triton"]["version"] is None, reason="no Triton backend")
+def test_triton_kernels_check_catches_a_wrong_kernel():
+    script = _triton_kernels()
+    row, make_set, reference = script.sylvester_case("orthogonal", True, 3, "cpu")
+    inputs, launch = make_set()
+    assert 0 < script.check(reference, inputs, launch, tol=1e-4) < 1e-4
+
+    def off_by_a_bit():  # one gradient element wrong by 1%
+        grads = [t.clone() for t in launch()]
+        grads[1].view(-1)[0] *= 1.01
+        return grads
+    assert script.check(reference, inputs, off_by_a_bit, tol=1e-6) < 0

@@ -82,10 +82,12 @@ BLOCK_WIDTHS = [("householder", torch.float32, 64, True), ("triangular", torch.f
 
 def _expected_threads(wide: bool) -> int:
     """The block width the emulated build should launch, given its -D constants (the
-    double-buffered builds keep the narrow width: these samples fit two buffers)."""
+    double-buffered builds keep the narrow width: these samples fit two buffers; so does the
+    build that stages nothing)."""
     defines = dict(d.split("=", 1) for d in os.environ.get("LVMFAST_EMULATOR_DEFINES", "").split())
     narrow = int(defines.get("LVMFAST_SYLVESTER_THREADS", 128))
-    if int(defines.get("LVMFAST_SYLVESTER_PIPELINE_BLOCKS", 0)) > 0:
+    if (int(defines.get("LVMFAST_SYLVESTER_PIPELINE_BLOCKS", 0)) > 0
+            or int(defines.get("LVMFAST_SYLVESTER_STAGED_LIMIT_KB", 96)) == 0):
         return narrow
     return int(defines.get("LVMFAST_SYLVESTER_WIDE_THREADS", 256)) if wide else narrow
 
