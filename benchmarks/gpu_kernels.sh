@@ -62,6 +62,13 @@ SCALES="${SCALES:-1,4}"
 #       kinds slower than staged (their rows read from global memory by lane groups, each
 #       element once). Equal or slower for the Householder kind too would mean the second round
 #       is not what costs, and the next lever is not the staging.
+#  systageq0: the staged kernels stage the triangles only and read a dense Q from global memory
+#       (column sums for Q^T z coalesced from DRAM; the rows for Q c, whole warps a row, mostly
+#       from L2), so a Householder-kind block needs 17 kB and 128 threads, and B = 1024 fits one
+#       wave (10 blocks an SM by registers). Predicted (not yet run): Householder kind forward
+#       31 -> 22-27 us and backward 55 -> 45-55 at B = 1024; orthogonal within 10% of the
+#       default (one wave already); triangular unchanged (no Q). Slower for the Householder kind
+#       would mean the L2 pass over Q costs more than the second round.
 #  sypipe*: in one wave every block loads, then every block computes, and nothing overlaps;
 #       fewer blocks, each loading its next sample while it computes the current one. Slower in
 #       every case (fewer bytes in flight).
@@ -71,6 +78,7 @@ bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
 bjfullgram:-DLVMFAST_BJORCK_SYMMETRIC_GRAM=0;\
 sy128:-DLVMFAST_SYLVESTER_WIDE_THREADS=128;\
 syglobal:-DLVMFAST_SYLVESTER_STAGED_LIMIT_KB=0;\
+systageq0:-DLVMFAST_SYLVESTER_STAGE_Q=0;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
 sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_WIDE_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
 sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\

@@ -119,6 +119,14 @@ constexpr int kPipelineBlocksPerSm = LVMFAST_SYLVESTER_PIPELINE_BLOCKS;  // 0: o
 #define LVMFAST_SYLVESTER_STAGED_LIMIT_KB 96
 #endif
 constexpr size_t kStagedSmemLimit = size_t{LVMFAST_SYLVESTER_STAGED_LIMIT_KB} * 1024;
+// -D LVMFAST_SYLVESTER_STAGE_Q=0 (gpu_kernels.sh's systageq0): the staged kernels stage the
+// triangles only and read a dense Q from global memory (twice: the second pass mostly from L2),
+// so that a Householder-kind block needs 17 kB instead of 33 and the benchmark's 1024 samples
+// fit one wave; to time against staging Q.
+#ifndef LVMFAST_SYLVESTER_STAGE_Q
+#define LVMFAST_SYLVESTER_STAGE_Q 1
+#endif
+constexpr bool kStageQ = LVMFAST_SYLVESTER_STAGE_Q != 0;
 
 template <typename acc_t, typename T>
 __device__ __forceinline__ acc_t load(const T* p, int64_t i) {
@@ -334,7 +342,7 @@ __device__ __forceinline__ void stage(const Staged<acc_t>& dst, const scalar_t* 
   const int M = static_cast<int>(p.M), D = static_cast<int>(p.D);
   stage_pair<kThreads>(dst.r1, R1, first || p.r1_bs != 0, dst.r2, R2, first || p.r2_bs != 0, M, M,
                        true, tid);
-  if (p.qkind == 2) {
+  if (kStageQ && p.qkind == 2) {
     // q_columns: the source is a row-major M x D matrix (Q^T), staged through the transposed view
     const bool t = p.q_columns;
     const View<acc_t, int> q{dst.q.p, t ? dst.q.col : dst.q.row, t ? dst.q.row : dst.q.col,
@@ -385,7 +393,7 @@ __device__ __forceinline__ Staged<acc_t> staged_layout(acc_t* mats, const Sylves
 template <int kThreads>
 __host__ __device__ __forceinline__ int64_t staged_elements(const SylvesterDims& p) {
   return p.M * triangles_ld<kThreads>(p.M) +
-         (p.qkind == 2 ? p.D * dense_ld<kThreads>(p.D, p.M) : 0);
+         (kStageQ && p.qkind == 2 ? p.D * dense_ld<kThreads>(p.D, p.M) : 0);
 }
 // A block's vectors: z, y, h, c, then b (staged with the matrices) and the partial sums of one
 // column_dots (forward); z, grad_out, nine of size M, then b and the partial sums of two
@@ -419,8 +427,27 @@ __device__ __forceinline__ Global<scalar_t> global_views(const scalar_t* R1, con
           {Q, p.q_columns ? int64_t(1) : p.M, p.q_columns ? p.D : int64_t(1), 0}};
 }
 
-// One sample of the forward pass; `mats` holds views of R1, R2 and Q, staged (Staged, I = int)
-// or in global memory (Global, I = int64_t).
+// A staged sample's matrices as the sample functions read them: the staged views, or without
+// kStageQ the staged triangles and the sample's Q in global memory (Q: its first element).
+template <typename acc_t, typename scalar_t>
+struct StagedTriangles {
+  View<acc_t, int> r1, r2;
+  View<const scalar_t, int> q;
+};
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ auto sample_mats(const Staged<acc_t>& staged, const scalar_t* Q,
+                                            const SylvesterDims& p) {
+  if constexpr (kStageQ) {
+    return staged;
+  } else {
+    const int D = static_cast<int>(p.D), M = static_cast<int>(p.M);
+    return StagedTriangles<acc_t, scalar_t>{
+        staged.r1, staged.r2, {Q, p.q_columns ? 1 : M, p.q_columns ? D : 1, 0}};
+  }
+}
+
+// One sample of the forward pass; `mats` holds views of R1, R2 and Q, staged (Staged, I = int;
+// StagedTriangles without kStageQ) or in global memory (Global, I = int64_t).
 template <int kThreads, bool kStaged, typename I, typename scalar_t, typename acc_t, typename Mats>
 __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& mats,
                                                const scalar_t* bn, scalar_t* outn,
@@ -428,7 +455,8 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
                                                acc_t* warp_logdet, const SylvesterDims& p,
                                                int tid) {
   const I D = static_cast<I>(p.D), M = static_cast<I>(p.M);
-  const auto &R1 = mats.r1, &R2 = mats.r2, &Q = mats.q;
+  const auto &R1 = mats.r1, &R2 = mats.r2;
+  const auto &Q = mats.q;  // another type than the triangles' without kStageQ
   const int lane = tid & 31, warp = tid >> 5;
   constexpr int kWarps = kThreads / 32;
   acc_t* zs = vectors;
@@ -460,7 +488,7 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
     for (I d = tid; d < D; d += kThreads)
       outn[d] = from_acc<scalar_t>(zs[d] + c[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    row_dots<kThreads, kStaged>(Q, c, D, M, false, tid,
+    row_dots<kThreads, kStaged && kStageQ>(Q, c, D, M, false, tid,
                       [&](I d, acc_t s) { outn[d] = from_acc<scalar_t>(zs[d] + s); });
   }
   my_logdet = warp_sum(my_logdet);
@@ -543,8 +571,9 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBlocksPerSm, kThreads
     if constexpr (kStaged) {
       stage_sample<kBuffers>(issue, n, i, p.B);
       // forward_sample's first barrier orders these copies before their use
-      forward_sample<kThreads, true, int>(z + n * p.D, layout(vectors), bn, out + n * p.D,
-                                          logdet + n, vectors, warp_logdet, p, tid);
+      forward_sample<kThreads, true, int>(
+          z + n * p.D, sample_mats(layout(vectors), p.qkind == 2 ? q + n * p.q_bs : q, p), bn,
+          out + n * p.D, logdet + n, vectors, warp_logdet, p, tid);
     } else {
       forward_sample<kThreads, false, int64_t>(
           z + n * p.D,
@@ -571,7 +600,8 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
                                                 const SampleGrads<scalar_t, acc_t>& out,
                                                 acc_t* vectors, const SylvesterDims& p, int tid) {
   const I D = static_cast<I>(p.D), M = static_cast<I>(p.M);
-  const auto &R1 = mats.r1, &R2 = mats.r2, &Q = mats.q;
+  const auto &R1 = mats.r1, &R2 = mats.r2;
+  const auto &Q = mats.q;  // another type than the triangles' without kStageQ
   const bool dense = p.qkind == 2;
   const int lane = tid & 31, warp = tid >> 5;
   constexpr int kWarps = kThreads / 32;
@@ -657,7 +687,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
     for (I d = tid; d < D; d += kThreads)
       out.z[d] = from_acc<scalar_t>(gs[d] + gy[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    row_dots<kThreads, kStaged>(Q, gy, D, M, false, tid,
+    row_dots<kThreads, kStaged && kStageQ>(Q, gy, D, M, false, tid,
                       [&](I d, acc_t s) { out.z[d] = from_acc<scalar_t>(gs[d] + s); });
     for (I d = warp; d < D; d += kWarps)
       for (I m = lane; m < M; m += 32)
@@ -721,8 +751,9 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBackwardBlocksPerSm, 
       stage_sample<kBuffers>(issue, n, i, p.B);
       // backward_sample's first barrier orders these copies before their use, and its last
       // one their reuse
-      backward_sample<kThreads, true, int>(grad_out + n * gst.out_row, gst.out_col, gl,
-                                           z + n * D, layout(vectors), bn, out, vectors, p, tid);
+      backward_sample<kThreads, true, int>(
+          grad_out + n * gst.out_row, gst.out_col, gl, z + n * D,
+          sample_mats(layout(vectors), dense ? q + n * p.q_bs : q, p), bn, out, vectors, p, tid);
     } else {
       backward_sample<kThreads, false, int64_t>(
           grad_out + n * gst.out_row, gst.out_col, gl, z + n * D,

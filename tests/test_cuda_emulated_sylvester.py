@@ -80,14 +80,15 @@ BLOCK_WIDTHS = [("householder", torch.float32, 64, True), ("triangular", torch.f
                 ("triangular", torch.float32, 64, False), ("orthogonal", torch.float32, 32, False)]
 
 
-def _expected_threads(wide: bool) -> int:
+def _expected_threads(kind: str, wide: bool) -> int:
     """The block width the emulated build should launch, given its -D constants (the
     double-buffered builds keep the narrow width: these samples fit two buffers; so does the
-    build that stages nothing)."""
+    build that stages nothing, and the Householder kind's block without its staged Q)."""
     defines = dict(d.split("=", 1) for d in os.environ.get("LVMFAST_EMULATOR_DEFINES", "").split())
     narrow = int(defines.get("LVMFAST_SYLVESTER_THREADS", 128))
     if (int(defines.get("LVMFAST_SYLVESTER_PIPELINE_BLOCKS", 0)) > 0
-            or int(defines.get("LVMFAST_SYLVESTER_STAGED_LIMIT_KB", 96)) == 0):
+            or int(defines.get("LVMFAST_SYLVESTER_STAGED_LIMIT_KB", 96)) == 0
+            or (kind == "householder" and int(defines.get("LVMFAST_SYLVESTER_STAGE_Q", 1)) == 0)):
         return narrow
     return int(defines.get("LVMFAST_SYLVESTER_WIDE_THREADS", 256)) if wide else narrow
 
@@ -102,7 +103,7 @@ def test_block_width_follows_the_staged_footprint(emulated_cuda, monkeypatch, ca
     capfd.readouterr()
     check(emulated_cuda, 3, 64, M, kind, dtype)
     launched = re.findall(r"emulated launch: \d+ blocks, (\d+) threads", capfd.readouterr().err)
-    assert launched == [str(_expected_threads(wide))] * 2
+    assert launched == [str(_expected_threads(kind, wide))] * 2
 
 
 def test_empty_batch(emulated_cuda):
