@@ -7,7 +7,8 @@
 # starts past it, counted from the script's start). TESTS: pytest selection (default: all of
 # `-m cuda`; `none` skips the tests). Wheels in .whl/ (carried: the device has no network) are
 # installed first, e.g. diffusers and its dependencies for the peer rows. TRITON_KERNELS=0 skips
-# benchmarks/triton_kernels.py (the Triton flow kernels alone; TRITON_LIMIT_S). LVMFAST_CUDA_DEFINES
+# benchmarks/triton_kernels.py (the Triton flow kernels alone; TRITON_LIMIT_S), HOST_OVERHEAD=0
+# benchmarks/host_overhead.py (into bench.txt; HOST_LIMIT_S). LVMFAST_CUDA_DEFINES
 # ("X=1 Y=2") builds the kernels with those -D tuning constants (a variant of gpu_kernels.sh).
 set -uo pipefail
 OUT="${OUT:-$(mktemp -d)}"
@@ -80,6 +81,12 @@ for fam in "${FAMILIES[@]}"; do
   # cause of a later call on the same machine running its host twice as slow (2026-11-26)
   pkill -f "torch._inductor.compile_worker|torch/_inductor/compile_worker" 2>/dev/null || true
 done
+if [ "${HOST_OVERHEAD:-1}" != 0 ]; then
+  # where the wall clock goes beyond the kernels (the host's costliest operators), into bench.txt
+  stamp "host overhead" | tee -a "$OUT/bench.txt"
+  timeout "${HOST_LIMIT_S:-90}" python benchmarks/host_overhead.py --ops householder_flow sylvester_flow \
+    >>"$OUT/bench.txt" 2>&1 || echo "host_overhead.py: rc=$?" | tee -a "$OUT/bench.txt"
+fi
 python - "$OUT/bench.json" "${FAMILIES[@]}" <<'EOF'
 import json, os, sys
 merged = None

@@ -212,3 +212,16 @@ def test_triton_kernels_check_catches_a_wrong_kernel():
         grads[1].view(-1)[0] *= 1.01
         return grads
     assert script.check(reference, inputs, off_by_a_bit, tol=1e-6) < 0
+
+
+def test_host_overhead_report(capsys):
+    """benchmarks/host_overhead.py on the CPU: wall time and the host's costliest operators for
+    the native rows, forward and forward + backward (the backward op among them)."""
+    spec = importlib.util.spec_from_file_location("host_overhead", _FLOORS.parent / "host_overhead.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--device", "cpu", "--quick", "--ops", "householder_flow", "--reps", "2",
+                        "--rows", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "householder_flow small fwd: wall" in text and "householder_flow small fwd+bwd: wall" in text
+    assert "lvmfast::householder_flow_backward" in text
