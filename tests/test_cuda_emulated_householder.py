@@ -165,3 +165,15 @@ def test_backward_reads_strided_gradients_in_place(emulated_cuda, L, dtype):
         want = emulated_cuda.householder_flow_backward(grad.contiguous(), out, v.contiguous())
         for g, w in zip(got, want):
             assert torch.equal(g, w), name
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["amortized", "shared"])
+def test_one_dimensional_reflections_have_no_gradient_in_v(emulated_cuda, shared):
+    """L = 1: every nonzero v_t reflects z to -z, so the glue returns grad v = 0 exactly, tiny
+    v_t included (test_householder.py has the same test for the real backends)."""
+    z = torch.randn(6, 1)
+    v = torch.tensor([4e-3, -1e-3, 2.5e-4, 3.0, -7e-4])
+    v = v.view(5, 1) if shared else v.repeat(6, 1).view(6, 5, 1).contiguous()
+    out, grad_z, grad_v = run_emulated(emulated_cuda, z, v, torch.randn(6, 1))
+    assert_close_rel(out, -z, 1e-5, "output")
+    assert torch.isfinite(grad_z).all() and (grad_v == 0).all()

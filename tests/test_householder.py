@@ -79,6 +79,22 @@ def test_zero_vector_is_skipped_with_finite_gradients(backend, device, shared):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("shared", [False, True], ids=["amortized", "shared"])
+def test_one_dimensional_reflections_have_no_gradient_in_v(backend, device, shared):
+    """At L = 1 every nonzero v_t reflects z to -z, so grad v is exactly 0. The kernels' terms,
+    of order |z| |g| / |v_t|, cancel to their rounding instead (6e-4 in float32 at |v_t| = 0.004,
+    a failed test draw of 2026-11-27): tiny v_t here, and the gradient must be exactly 0."""
+    z = torch.randn(6, 1, device=device)
+    v = torch.tensor([4e-3, -1e-3, 2.5e-4, 3.0, -7e-4], device=device)
+    v = (v.view(5, 1) if shared else v.repeat(6, 1).view(6, 5, 1)).clone()
+    inputs = [z.requires_grad_(), v.requires_grad_()]
+    out = run(backend, *inputs)
+    assert_close_rel(out, -z.detach(), 1e-5, "output")  # five reflections of -1
+    gz, gv = torch.autograd.grad(out, inputs, torch.randn_like(out))
+    assert torch.isfinite(gz).all() and (gv == 0).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_reflections_preserve_norm_and_invert(backend, device):
     z, v = make_inputs(17, 6, 11, False, torch.float64, device, grad=False)
     out = run(backend, z, v)

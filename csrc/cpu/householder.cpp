@@ -286,6 +286,7 @@ std::tuple<at::Tensor, at::Tensor> householder_flow_backward_cpu(const at::Tenso
     });
     if (shared) gv.copy_(acc.sum(0).narrow(1, 0, L));
   });
+  if (L == 1) gv.zero_();  // H_t = -1 whatever v_t (csrc/householder.h)
   return {gz, gv};
 }
 

@@ -78,6 +78,7 @@ std::tuple<at::Tensor, at::Tensor> householder_flow_backward_cuda(const at::Tens
         ws > 0 ? work.data_ptr<acc_t>() : nullptr, at::cuda::getCurrentCUDAStream()));
   });
   if (shared) grad_v.copy_(gacc);
+  if (L == 1) grad_v.zero_();  // H_t = -1 whatever v_t (csrc/householder.h)
   return {grad_z, grad_v};
 }
 
