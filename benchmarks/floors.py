@@ -263,8 +263,8 @@ def kernels_table(ceil_path: str, row_paths: list[str]) -> str:
                   f"{assumed:.2f} (a float32 torch loop on the CPU)."]
         # the floor of the work the GPU's own step counts ask for
         def at_gpu_steps(b, r=r, assumed=assumed):
-            scale = (_bjorck_flops(64, 32, r["mean_steps"], b["mode"])
-                     / _bjorck_flops(64, 32, assumed, b["mode"]))
+            scale = (_bjorck_flops(b["D"], b["M"], r["mean_steps"], b["mode"])
+                     / _bjorck_flops(b["D"], b["M"], assumed, b["mode"]))
             return f"{b['mode']} {b['cold_s'] / (floors[id(b)] * scale):.2f}"
         at_mean = [at_gpu_steps(b) for b in rows
                    if b["variant"] == r["variant"] and b["op"] == "bjorck_orthonormalize"

@@ -488,8 +488,8 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
     for (I d = tid; d < D; d += kThreads)
       outn[d] = from_acc<scalar_t>(zs[d] + c[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    row_dots<kThreads, kStaged && kStageQ>(Q, c, D, M, false, tid,
-                      [&](I d, acc_t s) { outn[d] = from_acc<scalar_t>(zs[d] + s); });
+    row_dots<kThreads, kStaged && kStageQ>(
+        Q, c, D, M, false, tid, [&](I d, acc_t s) { outn[d] = from_acc<scalar_t>(zs[d] + s); });
   }
   my_logdet = warp_sum(my_logdet);
   if (lane == 0) warp_logdet[warp] = my_logdet;
@@ -687,8 +687,8 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
     for (I d = tid; d < D; d += kThreads)
       out.z[d] = from_acc<scalar_t>(gs[d] + gy[p.qkind == 0 ? d : D - 1 - d]);
   } else {
-    row_dots<kThreads, kStaged && kStageQ>(Q, gy, D, M, false, tid,
-                      [&](I d, acc_t s) { out.z[d] = from_acc<scalar_t>(gs[d] + s); });
+    row_dots<kThreads, kStaged && kStageQ>(
+        Q, gy, D, M, false, tid, [&](I d, acc_t s) { out.z[d] = from_acc<scalar_t>(gs[d] + s); });
     for (I d = warp; d < D; d += kWarps)
       for (I m = lane; m < M; m += 32)
         put(out.q, out.ws_q, d * M + m, zs[d] * gy[m] + gs[d] * c[m]);
