@@ -63,7 +63,7 @@ if [ "${TRITON_KERNELS:-1}" != 0 ]; then
   # the Triton flow kernels alone, in CUDA graphs, rows like gpu_kernels.sh's (their table goes
   # at the end of floors.md: the tool returns at most 8 files)
   stamp "Triton kernels alone"
-  timeout "${TRITON_LIMIT_S:-120}" python benchmarks/triton_kernels.py >"$OUT/triton-kernels.jsonl" \
+  timeout "${TRITON_LIMIT_S:-180}" python benchmarks/triton_kernels.py >"$OUT/triton-kernels.jsonl" \
     2> >(tail -5 >&2) || echo "triton_kernels.py: rc=$?"
 fi
 

@@ -36,9 +36,10 @@ def _triton_ops():
     return torch.ops.lvmfast
 
 
-def sylvester_case(kind: str, backward: bool, B: int, device: str):
+def sylvester_case(kind: str, backward: bool, B: int, device: str, q_columns: bool = False):
     """flow_kernels.cu's sylvester_case: D = 64, M = 32 for the orthogonal kind (q (B, D, M)),
-    64 otherwise (the Householder kind's q (B, D, D)), amortized float32 parameters."""
+    64 otherwise (the Householder kind's q (B, D, D)), amortized float32 parameters. q_columns:
+    q's matrices column-major (torch.linalg.qr's layout), read in place by the kernels."""
     ops = _triton_ops()
     D, M = 64, (32 if kind == "orthogonal" else 64)
     dense = kind != "triangular"
@@ -50,6 +51,8 @@ def sylvester_case(kind: str, backward: bool, B: int, device: str):
         z, b = r(B, D, scale=1.0), r(B, M, scale=0.1)
         r1, r2 = r(B, M, M, scale=M ** -0.5), r(B, M, M, scale=M ** -0.5)
         q = r(B, D, M, scale=D ** -0.5) if dense else None
+        if q is not None and q_columns:
+            q = q.mT.contiguous().mT
         inputs = [z, r1, r2, b, q]
         if not backward:
             return inputs, lambda: ops.sylvester_flow_triton(z, r1, r2, b, q, False)
@@ -159,6 +162,46 @@ def time_graph(launches: list, reps: int, device: str) -> tuple[float, float, fl
     return stats(per)
 
 
+def _cases(variants: str, sylvester_b: int, householder_b: int, device: str):
+    """(variant, warps a program or None for the default, case) for each variant named."""
+    cases = []
+    for variant in variants.split(","):
+        warps = int(variant[1:]) if variant.startswith("w") else None
+        kinds = ("orthogonal", "householder") if variant == "qcols" else (
+            "triangular", "orthogonal", "householder")
+        name = "triton" if variant == "default" else f"triton-{variant}"
+        cases += [(name, warps, sylvester_case(kind, bwd, sylvester_b, device, variant == "qcols"))
+                  for kind in kinds for bwd in (False, True)]
+        if variant == "default":
+            cases += [(name, None, householder_case(bwd, householder_b, device))
+                      for bwd in (False, True)]
+    return cases
+
+
+def _run_case(variant, row, make_set, reference, args, device) -> int:
+    """Checks one case against the reference and prints its row; 1 if the check failed."""
+    inputs, launch = make_set()
+    error = check(reference, inputs, launch, tol=1e-4)
+    failed = error < 0 or math.isinf(error)
+    if failed:
+        print(f"FAILED {variant} {row['op']} {row['shape']} {row['mode']} B={row['B']}: relative "
+              f"error {abs(error):.2e}", file=sys.stderr)
+    outputs = outputs_of(launch())
+    set_bytes = sum(t.numel() * t.element_size() for t in inputs + outputs if t is not None)
+    checksum = sum(t.double().sum().item() for t in outputs)
+    abs_checksum = sum(t.double().abs().sum().item() for t in outputs)
+    warm = time_graph([launch] * args.launches, args.reps, device)
+    cold_sets = 2 if args.tiny else max(2, -(-(args.cold_mb << 20) // set_bytes))
+    launches = [launch] + [make_set()[1] for _ in range(cold_sets - 1)]
+    cold = time_graph(launches, args.reps, device)
+    print(json.dumps({"variant": variant, **row, "warm_s": warm[0], "warm_p20_s": warm[1],
+                      "warm_p80_s": warm[2], "cold_s": cold[0], "cold_p20_s": cold[1],
+                      "cold_p80_s": cold[2], "cold_sets": cold_sets, "set_bytes": set_bytes,
+                      "checksum": checksum, "abs_checksum": abs_checksum, "inputs": "torch",
+                      "reference_error": abs(error)}), flush=True)
+    return int(failed)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", default="1,4")
@@ -166,38 +209,29 @@ def main(argv=None) -> int:
     parser.add_argument("--launches", type=int, default=8)
     parser.add_argument("--cold-mb", type=int, default=256)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--variants", default="default,qcols,w8",
+                        help="default; qcols: the dense-q kinds with q column-major; w<n>: the "
+                             "Sylvester kernels with n warps a program (the default picks 4 at M <= 64)")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     if device == "cpu" and not args.tiny:
         parser.error("no GPU: run with --tiny under TRITON_INTERPRET=1")
     scales = [int(s) for s in args.scales.split(",")]
     torch.manual_seed(0)
+    import lvmfast.triton.sylvester as triton_sylvester
+
+    default_warps = triton_sylvester._num_warps
     failed = 0
     for scale in scales:
         sylvester_b, householder_b = (3, 5) if args.tiny else (1024, 8192)
-        cases = [sylvester_case(kind, bwd, sylvester_b * scale, device)
-                 for kind in ("triangular", "orthogonal", "householder") for bwd in (False, True)]
-        cases += [householder_case(bwd, householder_b * scale, device) for bwd in (False, True)]
-        for row, make_set, reference in cases:
-            inputs, launch = make_set()
-            error = check(reference, inputs, launch, tol=1e-4)
-            if error < 0 or math.isinf(error):
-                failed += 1
-                print(f"FAILED {row['op']} {row['shape']} {row['mode']} B={row['B']}: relative "
-                      f"error {abs(error):.2e}", file=sys.stderr)
-            outputs = outputs_of(launch())
-            set_bytes = sum(t.numel() * t.element_size() for t in inputs + outputs if t is not None)
-            checksum = sum(t.double().sum().item() for t in outputs)
-            abs_checksum = sum(t.double().abs().sum().item() for t in outputs)
-            warm = time_graph([launch] * args.launches, args.reps, device)
-            cold_sets = 2 if args.tiny else max(2, -(-(args.cold_mb << 20) // set_bytes))
-            launches = [launch] + [make_set()[1] for _ in range(cold_sets - 1)]
-            cold = time_graph(launches, args.reps, device)
-            print(json.dumps({"variant": "triton", **row, "warm_s": warm[0], "warm_p20_s": warm[1],
-                              "warm_p80_s": warm[2], "cold_s": cold[0], "cold_p20_s": cold[1],
-                              "cold_p80_s": cold[2], "cold_sets": cold_sets, "set_bytes": set_bytes,
-                              "checksum": checksum, "abs_checksum": abs_checksum, "inputs": "torch",
-                              "reference_error": abs(error)}), flush=True)
+        for variant, warps, case in _cases(args.variants, sylvester_b * scale,
+                                           householder_b * scale, device):
+            # the launchers look _num_warps up at each call
+            triton_sylvester._num_warps = default_warps if warps is None else (lambda _m, w=warps: w)
+            try:
+                failed += _run_case(variant, *case, args, device)
+            finally:
+                triton_sylvester._num_warps = default_warps
     return 1 if failed else 0
 
 

@@ -181,15 +181,25 @@ def _triton_kernels():
 @pytest.mark.skipif(lvmfast.backends()["triton"]["version"] is None, reason="no Triton backend")
 def test_triton_kernels_rows_check_and_tabulate(tmp_path, capsys):
     """benchmarks/triton_kernels.py (on the CPU: the interpreter, tiny batches): a row for every
-    case, each checked against the reference, in the format `floors.py kernels` reads, with no
-    checksum compared against the native program's rows (other inputs)."""
+    case and variant, each checked against the reference, in the format `floors.py kernels`
+    reads, with no checksum compared against the native program's rows (other inputs)."""
     script = _triton_kernels()
+    import lvmfast.triton.sylvester as triton_sylvester
+
+    default_warps = triton_sylvester._num_warps
     assert script.main(["--tiny", "--scales", "1", "--reps", "1", "--launches", "1"]) == 0
+    assert triton_sylvester._num_warps is default_warps  # the w<n> variants put it back
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["op"], r["shape"], r["mode"]) for r in rows] == [
-        ("sylvester_flow", kind, mode) for kind in ("triangular", "orthogonal", "householder")
-        for mode in ("fwd", "bwd")] + [("householder_flow", "amortized", m) for m in ("fwd", "bwd")]
-    assert all(r["variant"] == "triton" and 0 < r["reference_error"] < 1e-4 for r in rows)
+    sylvester = lambda kinds: [("sylvester_flow", kind, mode) for kind in kinds  # noqa: E731
+                               for mode in ("fwd", "bwd")]
+    every = ("triangular", "orthogonal", "householder")
+    assert [(r["variant"], r["op"], r["shape"], r["mode"]) for r in rows] == (
+        [("triton", *c) for c in sylvester(every)]
+        + [("triton", "householder_flow", "amortized", m) for m in ("fwd", "bwd")]
+        + [("triton-qcols", *c) for c in sylvester(("orthogonal", "householder"))]
+        + [("triton-w8", *c) for c in sylvester(every)])
+    assert all(0 < r["reference_error"] < 1e-4 for r in rows)
+    rows = [r for r in rows if r["variant"] == "triton"]
     native = dict(rows[0], variant="default", inputs=None, abs_checksum=2 * rows[0]["abs_checksum"])
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows + [native]))
     (tmp_path / "ceilings.json").write_text(json.dumps(
@@ -206,6 +216,9 @@ def test_triton_kernels_check_catches_a_wrong_kernel():
     row, make_set, reference = script.sylvester_case("orthogonal", True, 3, "cpu")
     inputs, launch = make_set()
     assert 0 < script.check(reference, inputs, launch, tol=1e-4) < 1e-4
+    _, make_columns, _ = script.sylvester_case("orthogonal", True, 3, "cpu", q_columns=True)
+    q = make_columns()[0][4]
+    assert q.mT.is_contiguous() and not q.is_contiguous()  # the qcols variant's layout
 
     def off_by_a_bit():  # one gradient element wrong by 1%
         grads = [t.clone() for t in launch()]

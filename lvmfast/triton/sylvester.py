@@ -15,6 +15,9 @@ and M to a few hundred in practice.
 
 Tested in the Triton interpreter and on an H100 (session 11: 372 Sylvester and Björck CUDA tests
 green; in the bench, its Householder-kind forward 17.8 us a flow against the CUDA kernel's 29.5).
+Since session 12, q and the output gradients are read at their own strides (no copies of
+torch.linalg.qr's column-major q, nor of a sum's expanded gradients): tested in the interpreter
+only, not yet run on a GPU.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def _load_upper(ptr, offs_m, M: tl.constexpr, ACC: tl.constexpr):
 
 @triton.jit
 def _sylvester_fwd_kernel(z_ptr, r1_ptr, r2_ptr, b_ptr, q_ptr, out_ptr, logdet_ptr,
-                          r1_bs, r2_bs, b_bs, q_bs,
+                          r1_bs, r2_bs, b_bs, q_bs, q_sd, q_sm,
                           D: tl.constexpr, M: tl.constexpr, QKIND: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ACC: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
@@ -84,7 +87,7 @@ def _sylvester_fwd_kernel(z_ptr, r1_ptr, r2_ptr, b_ptr, q_ptr, out_ptr, logdet_p
     mask_m = offs_m < M
     z = tl.load(z_ptr + n * D + offs_d, mask=mask_d, other=0.0).to(ACC)
     if QKIND == 2:
-        qt = tl.load(q_ptr + n * q_bs + offs_d[:, None] * M + offs_m[None, :],
+        qt = tl.load(q_ptr + n * q_bs + offs_d[:, None] * q_sd + offs_m[None, :] * q_sm,
                      mask=mask_d[:, None] & mask_m[None, :], other=0.0).to(ACC)
         y = tl.sum(qt * z[:, None], 0)
     elif QKIND == 1:
@@ -121,7 +124,7 @@ def _put(ptr, offs, value, mask, SHARED: tl.constexpr):
 @triton.jit
 def _sylvester_bwd_kernel(g_ptr, gl_ptr, z_ptr, r1_ptr, r2_ptr, b_ptr, q_ptr,
                           gz_ptr, gr1_ptr, gr2_ptr, gb_ptr, gq_ptr,
-                          r1_bs, r2_bs, b_bs, q_bs,
+                          r1_bs, r2_bs, b_bs, q_bs, q_sd, q_sm, gq_bs, g_sb, g_sd, gl_s,
                           D: tl.constexpr, M: tl.constexpr, QKIND: tl.constexpr,
                           SH_R1: tl.constexpr, SH_R2: tl.constexpr, SH_B: tl.constexpr,
                           SH_Q: tl.constexpr,
@@ -132,20 +135,20 @@ def _sylvester_bwd_kernel(g_ptr, gl_ptr, z_ptr, r1_ptr, r2_ptr, b_ptr, q_ptr,
     mask_d = offs_d < D
     mask_m = offs_m < M
     z = tl.load(z_ptr + n * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    g = tl.load(g_ptr + n * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    gl = tl.load(gl_ptr + n).to(ACC)
+    g = tl.load(g_ptr + n * g_sb + offs_d * g_sd, mask=mask_d, other=0.0).to(ACC)
+    gl = tl.load(gl_ptr + n * gl_s).to(ACC)
     # y = Q^T z, gc = Q^T g
     if QKIND == 2:
-        qt = tl.load(q_ptr + n * q_bs + offs_d[:, None] * M + offs_m[None, :],
+        qt = tl.load(q_ptr + n * q_bs + offs_d[:, None] * q_sd + offs_m[None, :] * q_sm,
                      mask=mask_d[:, None] & mask_m[None, :], other=0.0).to(ACC)
         y = tl.sum(qt * z[:, None], 0)
         gc = tl.sum(qt * g[:, None], 0)
     elif QKIND == 1:
         y = tl.load(z_ptr + n * D + (D - 1 - offs_m), mask=mask_m, other=0.0).to(ACC)
-        gc = tl.load(g_ptr + n * D + (D - 1 - offs_m), mask=mask_m, other=0.0).to(ACC)
+        gc = tl.load(g_ptr + n * g_sb + (D - 1 - offs_m) * g_sd, mask=mask_m, other=0.0).to(ACC)
     else:
         y = tl.load(z_ptr + n * D + offs_m, mask=mask_m, other=0.0).to(ACC)
-        gc = tl.load(g_ptr + n * D + offs_m, mask=mask_m, other=0.0).to(ACC)
+        gc = tl.load(g_ptr + n * g_sb + offs_m * g_sd, mask=mask_m, other=0.0).to(ACC)
     R2 = _load_upper(r2_ptr + n * r2_bs, offs_m, M, ACC)
     R1 = _load_upper(r1_ptr + n * r1_bs, offs_m, M, ACC)
     bv = tl.load(b_ptr + n * b_bs + offs_m, mask=mask_m, other=0.0).to(ACC)
@@ -171,7 +174,7 @@ def _sylvester_bwd_kernel(g_ptr, gl_ptr, z_ptr, r1_ptr, r2_ptr, b_ptr, q_ptr,
         gz = g + tl.sum(qt * gy[None, :], 1)
         c = tl.sum(R1 * h[None, :], 1)
         gq = z[:, None] * gy[None, :] + g[:, None] * c[None, :]
-        _put(gq_ptr + n * q_bs, offs_d[:, None] * M + offs_m[None, :], gq,
+        _put(gq_ptr + n * gq_bs, offs_d[:, None] * M + offs_m[None, :], gq,
              mask_d[:, None] & mask_m[None, :], SH_Q)
     elif QKIND == 1:
         gz = g + _reverse(gy, offs_m, M)
@@ -199,12 +202,16 @@ def _prepare(z, r1, r2, b, q, reverse):
     M = D if q is None else q.shape[-1]
     qkind = 2 if q is not None else (1 if reverse else 0)
     z, r1, r2, b = (t.contiguous() for t in (z, r1, r2, b))
-    q = q.contiguous() if q is not None else None
 
     def stride(t, batched_dim):
         return t[0].numel() if t is not None and t.dim() == batched_dim and t.shape[0] else 0
 
-    strides = (stride(r1, 3), stride(r2, 3), stride(b, 2), stride(q, 3))
+    # q is read at its own strides, so torch.linalg.qr's column-major matrices are not copied:
+    # on the H100 (session 11) that copy took 94 of the orthogonal kind's 174 us of kernels for
+    # four flows forward and backward, the kernels themselves 78
+    q_strides = (0, 0, 0) if q is None else (
+        q.stride(0) if q.dim() == 3 else 0, q.stride(-2), q.stride(-1))
+    strides = (stride(r1, 3), stride(r2, 3), stride(b, 2)) + q_strides
     blocks = dict(D=D, M=M, QKIND=qkind, BLOCK_D=triton.next_power_of_2(D),
                   BLOCK_M=triton.next_power_of_2(M), ACC=_acc(z.dtype)[1])
     return (z, r1, r2, b, q), strides, blocks
@@ -236,22 +243,29 @@ def sylvester_flow_triton_backward(grad_out, grad_logdet, z, r1, r2, b, q, rever
         raise ValueError(f"sylvester_flow_backward: grad_out must have shape {tuple(z.shape)} and "
                          f"grad_logdet ({B},), got {tuple(grad_out.shape)} and "
                          f"{tuple(grad_logdet.shape)}")
-    g = grad_out.to(z.dtype).contiguous()
-    gl = grad_logdet.to(z.dtype).contiguous()
+    # read in place whatever their strides: a loss that sums the outputs hands over expanded
+    # (stride 0) gradients, which are not copied
+    g = grad_out.to(z.dtype)
+    gl = grad_logdet.to(z.dtype)
     acc = _acc(z.dtype)[0]
     shared = dict(SH_R1=r1.dim() == 2, SH_R2=r2.dim() == 2, SH_B=b.dim() == 1,
                   SH_Q=q is not None and q.dim() == 2)
 
     def grad_buffer(t, is_shared):
-        # amortized: written whole by the kernel; shared: summed with atomics in acc dtype
-        return torch.zeros(t.shape, dtype=acc, device=t.device) if is_shared else torch.empty_like(t)
+        # amortized: written whole by the kernel (row-major, whatever the input's layout);
+        # shared: summed with atomics in acc dtype
+        if is_shared:
+            return torch.zeros(t.shape, dtype=acc, device=t.device)
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
     gz = torch.empty_like(z)
     gr1, gr2, gb = (grad_buffer(t, shared[k]) for t, k in ((r1, "SH_R1"), (r2, "SH_R2"), (b, "SH_B")))
     gq = grad_buffer(q, shared["SH_Q"]) if q is not None else z.new_empty((0,))
+    gq_bs = 0 if q is None or shared["SH_Q"] else D * q.shape[-1]
     if B > 0:
         with _device_guard(z):
             _sylvester_bwd_kernel[(B,)](g, gl, z, r1, r2, b, q if q is not None else z,
                                         gz, gr1, gr2, gb, gq if q is not None else gz, *strides,
+                                        gq_bs, g.stride(0), g.stride(1), gl.stride(0),
                                         num_warps=_num_warps(blocks["BLOCK_M"]), **shared, **blocks)
     return gz, gr1.to(z.dtype), gr2.to(z.dtype), gb.to(z.dtype), gq.to(z.dtype)
