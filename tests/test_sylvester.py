@@ -130,6 +130,26 @@ def test_shared_parameters(backend, device, kind, shared):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("kind", ["orthogonal", "householder"])
+def test_q_expanded_over_the_batch(backend, device, kind):
+    """An amortized-shape q that is one matrix expanded over the batch (batch stride 0, which the
+    Triton kernels read in place): the values and gradients of that matrix given to every sample."""
+    B, D = 9, 6
+    M = 4 if kind == "orthogonal" else D
+    tensors, q, reverse = make_inputs(B, D, M, kind, torch.float64, device, ("q",))
+    q_expanded = q.expand(B, D, M)
+    assert q_expanded.stride(0) == 0
+    out, logdet = run(backend, *tensors, q_expanded, reverse)
+    grad_out, grad_logdet = torch.randn_like(out), torch.randn_like(logdet)
+    grads = torch.autograd.grad((out, logdet), tensors + [q], (grad_out, grad_logdet))
+    ref_out, ref_logdet, ref_grads = reference_and_grads(tensors, q, reverse, grad_out, grad_logdet)
+    assert_close_rel(out, ref_out, 1e-10, "z'")
+    assert_close_rel(logdet, ref_logdet, 1e-10, "logdet")
+    for name, g, rg in zip(("z",) + PARAMS, grads, ref_grads):
+        assert_close_rel(g, rg, 1e-9, f"grad {name}")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("shared", [(), ("r1", "r2", "b", "q")], ids=["amortized", "shared"])
 def test_empty_batch_gives_empty_and_zero_gradients(backend, device, shared):
     tensors, q, reverse = make_inputs(0, 5, 3, "orthogonal", torch.float64, device, shared)
