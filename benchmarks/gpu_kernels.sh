@@ -37,6 +37,14 @@ SCALES="${SCALES:-1,4}"
 #       M = 32, 80 of 128 threads, the fourth warp idle; bitwise the same A). Predicted: the
 #       default's forward 5-15% faster (157.8 -> 135-150 us), its backward 0-5%. H100, session
 #       11: forward 157.7 -> 148.7 us (6%), backward 461.6 -> 453.4 (2%), cold at N = 1024.
+#  bjswizzle: the Björck D x M buffers with each row's 4-float chunks XOR-permuted by the row
+#       (kernels/orthogonal.cu, kSwizzle): a row of 32 floats covers the 32 banks once, so the
+#       Gram products' two K splits (rows d, d + 1) and the updates' tile rows (r, r + 4) load
+#       the same banks, 2-way conflicts by the code's reading (session 12, no GPU). Bitwise the
+#       default's results. Predicted: ncu's shared-load bank conflicts of the default's Björck
+#       kernels well above 0 and this build's near 0; time 0-15% lower forward and backward (the
+#       products are not most of a step: the symmetric Gram's quarter fewer product warps bought
+#       6%). Conflicts near 0 in the default already: the reading was wrong, drop the variant.
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
 #       threads a sample help) or by the loads (then the thread count does not matter). Neither:
 #       256 threads help the Householder kind only, 64 the orthogonal forward only.
@@ -76,6 +84,7 @@ SCALES="${SCALES:-1,4}"
 VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;\
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
 bjfullgram:-DLVMFAST_BJORCK_SYMMETRIC_GRAM=0;\
+bjswizzle:-DLVMFAST_BJORCK_SWIZZLE=1;\
 sy128:-DLVMFAST_SYLVESTER_WIDE_THREADS=128;\
 syglobal:-DLVMFAST_SYLVESTER_STAGED_LIMIT_KB=0;\
 systageq0:-DLVMFAST_SYLVESTER_STAGE_Q=0;\
@@ -203,10 +212,14 @@ if (( $(date +%s) - started > ${DEADLINE_S:-300} )); then
   stamp "ncu skipped: past DEADLINE_S=${DEADLINE_S:-300}"
 elif [ "${NCU:-1}" != 0 ] && [ "$EMULATE" != 1 ] && command -v ncu >/dev/null; then
   stamp "ncu (default build, benchmark shapes, each flow kernel once)"
-  # --clock-control none: the clocks the timings above ran at
+  # --clock-control none: the clocks the timings above ran at. The shared-memory counters test a
+  # lead of session 12: rows of 32 floats (128 B, every bank once) put the K splits' and the tile
+  # rows' loads of the Björck products on the same banks (NOTES.md)
+  SHARED_METRICS=l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum
   timeout 300 ncu --clock-control none --kernel-name regex:"forward|backward" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section MemoryWorkloadAnalysis --section SchedulerStats --export "$OUT/ncu-default" --force-overwrite \
+    --section MemoryWorkloadAnalysis --section SchedulerStats --metrics "$SHARED_METRICS" \
+    --export "$OUT/ncu-default" --force-overwrite \
     "$BUILD/default/flow_kernels" --once >"$OUT/ncu.log" 2>&1 || { echo "  ncu rc=$?"; tail -5 "$OUT/ncu.log"; }
   if [ -f "$OUT/ncu-default.ncu-rep" ]; then
     ncu --import "$OUT/ncu-default.ncu-rep" --csv --page details >"$OUT/ncu-details.csv" 2>/dev/null
@@ -221,7 +234,7 @@ for r in csv.DictReader(open(sys.argv[1])):
     key = (r.get("ID", "?"), r.get("Kernel Name", "?")[:60], r.get("Grid Size", "?"), r.get("Block Size", "?"))
     if r.get("Metric Name") in want:
         rows.setdefault(key, {})[r["Metric Name"]] = f'{r.get("Metric Value", "")} {r.get("Metric Unit", "")}'.strip()
-stalls = {}
+stalls, shared = {}, {}
 raw = list(csv.reader(open(sys.argv[2])))
 if raw:
     head = raw[0]
@@ -235,11 +248,23 @@ if raw:
             except (ValueError, IndexError):
                 pass
         stalls[r[0]] = ", ".join(f"{n} {v:.1f}" for v, n in sorted(vals, reverse=True)[:4])
+        counts = {}
+        for op in ("ld", "st"):
+            try:
+                wave = float(r[head.index(f"l1tex__data_pipe_lsu_wavefronts_mem_shared_op_{op}.sum")].replace(",", ""))
+                conflicts = float(r[head.index(f"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_{op}.sum")].replace(",", ""))
+            except (ValueError, IndexError):
+                continue
+            counts[op] = f"{op} {wave:.3g} wavefronts, {conflicts:.3g} from bank conflicts"
+        if counts:
+            shared[r[0]] = "; ".join(counts.values())
 for key, m in rows.items():
     print(f"  [{key[0]}] {key[1]} grid {key[2]} block {key[3]}")
     print("      " + "; ".join(f"{k}: {m.get(k, '-')}" for k in want))
     if stalls.get(key[0]):
         print(f"      stalls per issue: {stalls[key[0]]}")
+    if shared.get(key[0]):
+        print(f"      shared memory: {shared[key[0]]}")
 EOF
   fi
 fi

@@ -81,6 +81,16 @@ constexpr bool kPrefetch = LVMFAST_BJORCK_PREFETCH != 0;
 #define LVMFAST_BJORCK_SYMMETRIC_GRAM 1
 #endif
 constexpr bool kSymmetricGram = LVMFAST_BJORCK_SYMMETRIC_GRAM != 0;
+// 1 (benchmarks/gpu_kernels.sh's bjswizzle, off by default until timed): the D x M buffers (Q, its
+// kept iterates, G) hold row r's 4-element chunks in the order chunk ^ (r mod 8), where M is a
+// multiple of 32 and D of 8 (swizzled()). A row of 32 floats spans the 32 banks once, so without it
+// the products' loads of one column in two rows (the Gram products' K splits read rows d and d + 1,
+// the updates' tiles rows r and r + 4) fall on the same banks, a 2-way conflict (derived, not yet
+// measured: gpu_kernels.sh's ncu counters report the conflicts). Same arithmetic, so the same bits.
+#ifndef LVMFAST_BJORCK_SWIZZLE
+#define LVMFAST_BJORCK_SWIZZLE 0
+#endif
+constexpr bool kSwizzle = LVMFAST_BJORCK_SWIZZLE != 0;
 constexpr int kForwardThreads = 128;
 constexpr int kBackwardThreads = LVMFAST_BJORCK_BACKWARD_THREADS;
 static_assert(kBackwardThreads >= kForwardThreads && kBackwardThreads % 32 == 0,
@@ -137,6 +147,22 @@ struct TileWalk {
     if (col >= cols) col -= cols, ++row;
   }
 };
+
+// Whether the D x M buffers are swizzled (kSwizzle): the XOR below stays inside a row when M is
+// a multiple of 32, and D % 8 == 0 keeps every product on its quad path, which knows the layout.
+__device__ __forceinline__ bool swizzled(int D, int M) {
+  return kSwizzle && M % 32 == 0 && D % 8 == 0;
+}
+// Where element (r, c) of a D x M buffer lives: a quad (c % 4 == 0) or a pair stays contiguous.
+__device__ __forceinline__ int at(int r, int c, int M, bool swz) {
+  return r * M + (swz ? c ^ ((r & 7) << 2) : c);
+}
+// The buffer index of element i of a row-major D x M matrix.
+__device__ __forceinline__ int buffer_index(int i, int M, bool swz) {
+  if (!swz) return i;
+  const int r = i / M;
+  return at(r, i - r * M, M, true);
+}
 
 // Indices within one matrix (< D M or M M) are 32-bit: the launchers refuse larger matrices.
 // Offsets over the batch and the workspace stay 64-bit.
@@ -237,13 +263,13 @@ __device__ __forceinline__ void for_each_quad_tile(int rows, int cols, int split
 // in the full product, whose lower tiles round exactly as the upper ones (x y = y x).
 template <bool kUpper, typename acc_t>
 __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
-                              int split_threads) {
+                              int split_threads, bool swz) {
   for_each_quad_tile<kUpper, acc_t>(
       M, M, split_threads,
       [&](acc_t (&c)[4][4], int i0, int j0, int s, int splits) {
 #pragma unroll 4
         for (int d = s; d < D; d += splits) {
-          const Quad<acc_t> a = load_quad(X + d * M + i0), b = load_quad(Y + d * M + j0);
+          const Quad<acc_t> a = load_quad(X + at(d, i0, M, swz)), b = load_quad(Y + at(d, j0, M, swz));
 #pragma unroll
           for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -268,19 +294,19 @@ __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, i
 template <typename acc_t>
 __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                               const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D,
-                              int M, int split_threads) {
+                              int M, int split_threads, bool swz) {
   for_each_quad_tile<false, acc_t>(
       D, M, split_threads,
       [&](acc_t (&c)[4][4], int r0, int c0, int s, int splits) {
         for (int pass = 0; pass < (X2 != nullptr ? 2 : 1); ++pass) {
-          const acc_t* X = (pass == 0 ? X1 : X2) + r0 * M;
+          const acc_t* X = pass == 0 ? X1 : X2;
           const acc_t* Y = (pass == 0 ? Y1 : Y2) + c0;
 #pragma unroll 2
           for (int k = 2 * s; k < M; k += 2 * splits) {
             const Quad<acc_t> y0 = load_quad(Y + k * M), y1 = load_quad(Y + (k + 1) * M);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-              const auto x = load_pair(X + i * M + k);
+              const auto x = load_pair(X + at(r0 + i, k, M, swz));
 #pragma unroll
               for (int j = 0; j < 4; ++j) c[i][j] = x.y * y1.v[j] + (x.x * y0.v[j] + c[i][j]);
             }
@@ -290,21 +316,22 @@ __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const 
       [&](const acc_t (&c)[4][4], int r0, int c0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const Quad<acc_t> z = load_quad(Z + (r0 + i) * M + c0);
+          const Quad<acc_t> z = load_quad(Z + at(r0 + i, c0, M, swz));
           acc_t out[4];
 #pragma unroll
           for (int j = 0; j < 4; ++j) out[j] = alpha * c[i][j] + beta * z.v[j];
-          store_quad(C + (r0 + i) * M + c0, out);
+          store_quad(C + at(r0 + i, c0, M, swz), out);
         }
       });
 }
 
-// C (M x M) = X^T Y for X, Y (D x M) row-major; 2 x 2 outputs per thread. Paired loads when M
-// is even (every row then starts on a pair boundary). split_threads: see split_bits_for.
+// C (M x M) = X^T Y for X, Y (D x M) row-major (swizzled, see at(), only where M % 32 == 0: the
+// quad path); 2 x 2 outputs per thread. Paired loads when M is even (every row then starts on a
+// pair boundary). split_threads: see split_bits_for.
 template <typename acc_t>
 __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
-                        int split_threads) {
-  if (M % 8 == 0) return gemm_tn_quads<false>(C, X, Y, D, M, split_threads);
+                        int split_threads, bool swz) {
+  if (M % 8 == 0) return gemm_tn_quads<false>(C, X, Y, D, M, split_threads, swz);
   const int tiles = (M + 1) / 2;
   for (TileWalk w(tiles, blockDim.x); w.row < tiles; w.next()) {
     const int i0 = 2 * w.row, j0 = 2 * w.col;
@@ -335,9 +362,9 @@ __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
 // A (M x M) = X^T X for X (D x M) row-major: gemm_tn_quads' upper blocks (kSymmetricGram), else
 // gemm_tn.
 template <typename acc_t>
-__device__ void gram(acc_t* A, const acc_t* X, int D, int M, int split_threads) {
-  if (kSymmetricGram && M % 8 == 0) return gemm_tn_quads<true>(A, X, X, D, M, split_threads);
-  gemm_tn(A, X, X, D, M, split_threads);
+__device__ void gram(acc_t* A, const acc_t* X, int D, int M, int split_threads, bool swz) {
+  if (kSymmetricGram && M % 8 == 0) return gemm_tn_quads<true>(A, X, X, D, M, split_threads, swz);
+  gemm_tn(A, X, X, D, M, split_threads, swz);
 }
 
 // C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z, X (D x M), Y (M x M); X2 may be null. Paired loads
@@ -345,9 +372,9 @@ __device__ void gram(acc_t* A, const acc_t* X, int D, int M, int split_threads) 
 template <typename acc_t>
 __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                         const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D, int M,
-                        int split_threads) {
+                        int split_threads, bool swz) {
   if (D % 8 == 0 && M % 8 == 0)
-    return gemm_nn_quads(C, X1, Y1, X2, Y2, Z, alpha, beta, D, M, split_threads);
+    return gemm_nn_quads(C, X1, Y1, X2, Y2, Z, alpha, beta, D, M, split_threads, swz);
   const int rt = (D + 1) / 2, ct = (M + 1) / 2;
   for (TileWalk w(ct, blockDim.x); w.row < rt; w.next()) {
     const int r0 = 2 * w.row, c0 = 2 * w.col;
@@ -405,11 +432,12 @@ template <typename acc_t>
 __device__ int64_t run_steps(acc_t* qs, acc_t* as, int D, int M, int64_t steps, acc_t tol2,
                              bool test, const Keep<acc_t>* keep, acc_t* red) {
   const int DM = D * M, MM = M * M;
+  const bool swz = swizzled(D, M);
   int64_t k = 0;
   for (; k < steps; ++k) {
     const acc_t* q = qs + ((k & 1) ? DM : 0);
     acc_t* qn = qs + ((k & 1) ? 0 : DM);
-    gram(as, q, D, M, kForwardThreads);
+    gram(as, q, D, M, kForwardThreads, swz);
     __syncthreads();
     if (test) {
       acc_t e2 = 0;
@@ -432,7 +460,7 @@ __device__ int64_t run_steps(acc_t* qs, acc_t* as, int D, int M, int64_t steps, 
     }
     if (!test && k + 1 == steps) break;
     gemm_nn(qn, q, as, static_cast<const acc_t*>(nullptr), static_cast<const acc_t*>(nullptr), q,
-            acc_t(-0.5), acc_t(1.5), D, M, kForwardThreads);
+            acc_t(-0.5), acc_t(1.5), D, M, kForwardThreads, swz);
     __syncthreads();
   }
   __syncthreads();  // a replay's last copies read qs and as, which the caller overwrites next
@@ -440,11 +468,13 @@ __device__ int64_t run_steps(acc_t* qs, acc_t* as, int D, int M, int64_t steps, 
 }
 
 // dst[0, n) = src[0, n) by the whole block: each thread issues kCopyBatch loads before storing
-// any, so that a copy waits out about one memory latency per batch, not one per element.
+// any, so that a copy waits out about one memory latency per batch, not one per element. swz: src
+// is a row-major matrix of M columns and dst a D x M buffer (buffer_index).
 constexpr int kCopyBatch = 8;
 
 template <typename dst_t, typename src_t>
-__device__ __forceinline__ void block_copy(dst_t* dst, const src_t* src, int n) {
+__device__ __forceinline__ void block_copy(dst_t* dst, const src_t* src, int n, int M = 0,
+                                           bool swz = false) {
   const int nt = blockDim.x;
   for (int base = threadIdx.x; base < n; base += kCopyBatch * nt) {
     dst_t v[kCopyBatch];
@@ -456,20 +486,23 @@ __device__ __forceinline__ void block_copy(dst_t* dst, const src_t* src, int n) 
 #pragma unroll
     for (int u = 0; u < kCopyBatch; ++u) {
       const int i = base + u * nt;
-      if (i < n) dst[i] = v[u];
+      if (i < n) dst[buffer_index(i, M, swz)] = v[u];
     }
   }
 }
 
+// A row-major D x M matrix into a D x M buffer and back (swizzled or not, by swizzled(D, M)).
 template <typename scalar_t, typename acc_t>
-__device__ void load_matrix(const scalar_t* src, acc_t* dst, int n) {
-  block_copy(dst, src, n);
+__device__ void load_matrix(const scalar_t* src, acc_t* dst, int D, int M) {
+  block_copy(dst, src, D * M, M, swizzled(D, M));
   __syncthreads();
 }
 
 template <typename scalar_t, typename acc_t>
-__device__ void store_matrix(const acc_t* src, scalar_t* dst, int n) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = from_acc<scalar_t>(src[i]);
+__device__ void store_matrix(const acc_t* src, scalar_t* dst, int D, int M) {
+  const bool swz = swizzled(D, M);
+  for (int i = threadIdx.x; i < D * M; i += blockDim.x)
+    dst[i] = from_acc<scalar_t>(src[buffer_index(i, M, swz)]);
   __syncthreads();
 }
 
@@ -486,10 +519,10 @@ __global__ void __launch_bounds__(kForwardThreads) forward_kernel(const scalar_t
   acc_t* buf = kShared ? reinterpret_cast<acc_t*>(smem_raw)
                        : workspace + blockIdx.x * (2 * DM + int64_t(M) * M);
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
-    load_matrix(q + m * DM, buf, D * M);
+    load_matrix(q + m * DM, buf, D, M);
     const int64_t k = run_steps(buf, buf + 2 * DM, D, M, max_steps, tol2, true,
                                 static_cast<const Keep<acc_t>*>(nullptr), red);
-    store_matrix(buf + ((k & 1) ? DM : 0), out + m * DM, D * M);
+    store_matrix(buf + ((k & 1) ? DM : 0), out + m * DM, D, M);
   }
 }
 
@@ -501,9 +534,9 @@ __device__ __forceinline__ void replay(const scalar_t* q0, Keep<acc_t>* keep, ac
                                        int D, int M, acc_t tol2, const BjorckReplay& r, acc_t* red) {
   const int dm = D * M;
   if (r.source < 0)
-    block_copy(qs, q0, dm);
+    block_copy(qs, q0, dm, M, swizzled(D, M));
   else
-    block_copy(qs, keep->q + r.source * dm, dm);
+    block_copy(qs, keep->q + r.source * dm, dm);  // kept in the buffers' layout
   if (threadIdx.x == 0) keep->run = r;
   __syncthreads();
   run_steps(qs, as, D, M, r.steps, tol2, false, keep, red);
@@ -522,12 +555,13 @@ template <typename acc_t>
 __device__ __forceinline__ void backward_step(const acc_t* q, const acc_t* a, const acc_t* g,
                                               acc_t* gn, acc_t* s, acc_t* ssym, int D, int M) {
   const int mm = M * M;
-  gemm_tn(s, q, g, D, M, blockDim.x);  // S = Q_j^T G
+  const bool swz = swizzled(D, M);
+  gemm_tn(s, q, g, D, M, blockDim.x, swz);  // S = Q_j^T G
   __syncthreads();
   TileWalk rc(M, blockDim.x);  // (row, col) of element i of S
   for (int i = threadIdx.x; i < mm; i += blockDim.x, rc.next()) ssym[i] = s[i] + s[rc.col * M + rc.row];
   __syncthreads();
-  gemm_nn(gn, g, a, q, ssym, g, acc_t(-0.5), acc_t(1.5), D, M, blockDim.x);
+  gemm_nn(gn, g, a, q, ssym, g, acc_t(-0.5), acc_t(1.5), D, M, blockDim.x, swz);
   __syncthreads();
 }
 
@@ -556,11 +590,11 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
   acc_t* as2 = ssym + MM;
   const int dm = D * M, mm = M * M;  // within one matrix
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
-    block_copy(qs, q + m * DM, dm);
+    block_copy(qs, q + m * DM, dm, M, swizzled(D, M));
     if (threadIdx.x == 0) keep = {keep_q, keep_a, slots, bjorck_rerun(max_steps)};
     __syncthreads();
     const int64_t k = run_steps(qs, as, D, M, max_steps, tol2, true, &keep, red);
-    load_matrix(grad + m * DM, g, dm);
+    load_matrix(grad + m * DM, g, D, M);
     if (threadIdx.x == 0) plan = BjorckCheckpoints(k, slots);
     __syncthreads();
     if (kPrefetch && kShared && plan.direct()) {
@@ -601,7 +635,7 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
         gn = tmp;
       }
     }
-    store_matrix(g, grad_q + m * DM, dm);
+    store_matrix(g, grad_q + m * DM, D, M);
   }
 }
 

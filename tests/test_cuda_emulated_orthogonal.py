@@ -205,11 +205,13 @@ def test_backward_reruns_the_steps_the_forward_took(emulated_cuda, D, M):
 
 @pytest.mark.parametrize("steps,smallest,dtype,shape", [
     (60, 1e-7, torch.float32, (3, 9, 5)), (60, 1e-7, torch.float32, (2, 16, 8)),
-    (400, 1e-60, torch.float64, (2, 9, 5))], ids=lambda v: str(v).replace("torch.", ""))
+    (60, 1e-7, torch.float32, (1, 32, 32)), (400, 1e-60, torch.float64, (2, 9, 5))],
+    ids=lambda v: str(v).replace("torch.", ""))
 def test_backward_past_the_kept_steps_is_exact(emulated_cuda, steps, smallest, dtype, shape):
     """More executed steps than the 32 the backward keeps: replays from checkpoints, two levels at
-    60 steps and three at 400, on the 2 x 2 and the 4 x 4 register tiles
-    (test_orthogonal.check_past_the_kept_steps)."""
+    60 steps and three at 400, on the 2 x 2 and the 4 x 4 register tiles, and at 32 x 32 on
+    buffers that a build with LVMFAST_BJORCK_SWIZZLE=1 permutes (replays from the input then
+    load it through the permutation) (test_orthogonal.check_past_the_kept_steps)."""
     check_past_the_kept_steps(emulated_cuda, steps, smallest, dtype, "cpu", shape)
 
 

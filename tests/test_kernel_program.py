@@ -30,6 +30,7 @@ VARIANTS = {
     "bj256x2": ("LVMFAST_BJORCK_BACKWARD_THREADS=256", "LVMFAST_BJORCK_BLOCKS_PER_SM=2"),
     "bjnopf": ("LVMFAST_BJORCK_PREFETCH=0",),
     "bjfullgram": ("LVMFAST_BJORCK_SYMMETRIC_GRAM=0",),
+    "bjswizzle": ("LVMFAST_BJORCK_SWIZZLE=1",),
     "sy128": ("LVMFAST_SYLVESTER_WIDE_THREADS=128",),
     "syglobal": ("LVMFAST_SYLVESTER_STAGED_LIMIT_KB=0",),
     "systageq0": ("LVMFAST_SYLVESTER_STAGE_Q=0",),
@@ -91,11 +92,13 @@ def test_every_kernel_matches_the_reference(programs, variant, tmp_path):
     assert all(r.startswith("ok") for r in results), "\n".join(results)
 
 
-def test_symmetric_gram_is_bitwise_the_full_product(programs, tmp_path):
-    """The Björck kernels compute the upper tiles of A = Q^T Q and mirror them (the full
-    product's lower tiles round exactly as the upper ones): a change of what runs, not of the
-    arithmetic, so outputs and gradients must be the very same bits as the full product's."""
-    variant, prefix = "bjfullgram", "bjorck_orthonormalize-"
+@pytest.mark.parametrize("variant", ["bjfullgram", "bjswizzle"])
+def test_bjorck_variants_are_bitwise_the_default(programs, tmp_path, variant):
+    """bjfullgram: the default computes the upper tiles of A = Q^T Q and mirrors them (the full
+    product's lower tiles round exactly as the upper ones); bjswizzle: the D x M buffers' chunks
+    permuted within each row (64 x 32 here, so the permutation is on). Changes of what runs or
+    where it is kept, not of the arithmetic: outputs and gradients must be the very same bits."""
+    prefix = "bjorck_orthonormalize-"
     dumps = {}
     for build in ("default", variant):
         dumps[build] = tmp_path / build
