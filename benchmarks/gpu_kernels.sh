@@ -39,12 +39,12 @@ SCALES="${SCALES:-1,4}"
 #       11: forward 157.7 -> 148.7 us (6%), backward 461.6 -> 453.4 (2%), cold at N = 1024.
 #  bjswizzle: the Björck D x M buffers with each row's 4-float chunks XOR-permuted by the row
 #       (kernels/orthogonal.cu, kSwizzle): a row of 32 floats covers the 32 banks once, so the
-#       Gram products' two K splits (rows d, d + 1) and the updates' tile rows (r, r + 4) load
-#       the same banks, 2-way conflicts by the code's reading (session 12, no GPU). Bitwise the
-#       default's results. Predicted: ncu's shared-load bank conflicts of the default's Björck
-#       kernels well above 0 and this build's near 0; time 0-15% lower forward and backward (the
-#       products are not most of a step: the symmetric Gram's quarter fewer product warps bought
-#       6%). Conflicts near 0 in the default already: the reading was wrong, drop the variant.
+#       Gram products' two K splits (rows d, d + 1: 2-way) and an update warp's tile rows (r,
+#       r + 4, r + 8, r + 12: 4-way) load the same banks, by the code's reading (session 12, no
+#       GPU; benchmarks/kernels/bjorck_banks.py: 1664 wavefronts a block's step against 896 FMA
+#       cycles, swizzled 800). Bitwise the default's results. Predicted: forward 148.7 -> 105-135
+#       us, backward 453 -> 330-400 us at N = 1024, cold; ncu's shared-load bank conflicts far
+#       fewer than the default's. Conflicts that fall with the time flat: the barriers bound it.
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
 #       threads a sample help) or by the loads (then the thread count does not matter). Neither:
 #       256 threads help the Householder kind only, 64 the orthogonal forward only.

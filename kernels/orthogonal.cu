@@ -82,11 +82,12 @@ constexpr bool kPrefetch = LVMFAST_BJORCK_PREFETCH != 0;
 #endif
 constexpr bool kSymmetricGram = LVMFAST_BJORCK_SYMMETRIC_GRAM != 0;
 // 1 (benchmarks/gpu_kernels.sh's bjswizzle, off by default until timed): the D x M buffers (Q, its
-// kept iterates, G) hold row r's 4-element chunks in the order chunk ^ (r mod 8), where M is a
-// multiple of 32 and D of 8 (swizzled()). A row of 32 floats spans the 32 banks once, so without it
-// the products' loads of one column in two rows (the Gram products' K splits read rows d and d + 1,
-// the updates' tiles rows r and r + 4) fall on the same banks, a 2-way conflict (derived, not yet
-// measured: gpu_kernels.sh's ncu counters report the conflicts). Same arithmetic, so the same bits.
+// kept iterates, G) hold row r's 4-element chunks permuted by chunk_xor(r), where M is a multiple
+// of 32 and D of 8 (swizzled()). A row of 32 floats spans the 32 banks once, so without it a
+// warp's loads of one column quad or pair in several rows fall on the same banks: rows d and
+// d + 1 (the Gram products' two K splits, X quads at columns 0 and 4: 2-way) and rows r, r + 4,
+// r + 8, r + 12 (an update's tile rows, X pairs: 4-way). Derived from the code, not yet measured:
+// gpu_kernels.sh's ncu counters report the conflicts. Same arithmetic, so the same bits.
 #ifndef LVMFAST_BJORCK_SWIZZLE
 #define LVMFAST_BJORCK_SWIZZLE 0
 #endif
@@ -153,9 +154,15 @@ struct TileWalk {
 __device__ __forceinline__ bool swizzled(int D, int M) {
   return kSwizzle && M % 32 == 0 && D % 8 == 0;
 }
+// Row r's chunk permutation: bit 1 from r's bit 0 takes rows d, d + 1 (d even) to chunk sets
+// {0, 1} and {2, 3} (or other disjoint pairs); bits 0 and 2 from r's bits 2 and 3 give rows r,
+// r + 4, r + 8, r + 12 four different chunks for one column.
+__device__ __forceinline__ int chunk_xor(int r) {
+  return ((r & 1) << 1) | ((r >> 2) & 1) | (((r >> 3) & 1) << 2);
+}
 // Where element (r, c) of a D x M buffer lives: a quad (c % 4 == 0) or a pair stays contiguous.
 __device__ __forceinline__ int at(int r, int c, int M, bool swz) {
-  return r * M + (swz ? c ^ ((r & 7) << 2) : c);
+  return r * M + (swz ? c ^ (chunk_xor(r) << 2) : c);
 }
 // The buffer index of element i of a row-major D x M matrix.
 __device__ __forceinline__ int buffer_index(int i, int M, bool swz) {

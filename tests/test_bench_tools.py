@@ -238,3 +238,21 @@ def test_host_overhead_report(capsys):
     text = capsys.readouterr().out
     assert "householder_flow small fwd: wall" in text and "householder_flow small fwd+bwd: wall" in text
     assert "lvmfast::householder_flow_backward" in text
+
+
+def test_bjorck_bank_model():
+    """benchmarks/kernels/bjorck_banks.py, the model behind the bjswizzle prediction: the swizzle
+    is a permutation within each row (as kernels/orthogonal.cu's at() must be), the products keep
+    their FMA counts, and their shared loads need fewer wavefronts with it."""
+    spec = importlib.util.spec_from_file_location("bjorck_banks", _FLOORS.parent / "kernels" / "bjorck_banks.py")
+    model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model)
+    D, M = 64, 32
+    places = [model.at(r, c, M, True) for r in range(D) for c in range(M)]
+    assert sorted(places) == list(range(D * M))
+    assert all(r * M <= model.at(r, c, M, True) < (r + 1) * M for r in range(D) for c in range(M))
+    for plain, swizzled in ((model.gemm_nn(D, M, False), model.gemm_nn(D, M, True)),
+                            (model.gemm_tn(D, M, False, True), model.gemm_tn(D, M, True, True))):
+        assert plain[0] == swizzled[0] and plain[1] > swizzled[1]
+    assert model.main() == 0
+

@@ -1,0 +1,105 @@
+"""A model of the Björck CUDA kernels' shared-memory loads (kernels/orthogonal.cu, 64 x 32 float,
+128 threads): for each warp instruction of the products, the wavefronts it needs (the most
+distinct 4-byte words any one bank serves; one word to many lanes is a broadcast), with the
+buffers' rows plain or swizzled (LVMFAST_BJORCK_SWIZZLE: chunk_xor). The tile placement copies
+QuadTile and split_bits_for; a change there must be made here too.
+
+    python benchmarks/kernels/bjorck_banks.py
+
+Per block and step it prints the products' warp FMA instructions over 4 (an SM issues 4 a cycle)
+against their wavefronts (an SM's shared memory serves one a cycle): the larger bounds the step.
+"""
+from __future__ import annotations
+
+
+def chunk_xor(r: int) -> int:
+    return ((r & 1) << 1) | ((r >> 2) & 1) | (((r >> 3) & 1) << 2)
+
+
+def at(r: int, c: int, M: int, swz: bool) -> int:
+    return r * M + ((c ^ (chunk_xor(r) << 2)) if swz else c)
+
+
+def split_bits_for(tiles: int, threads: int) -> int:
+    bits = 0
+    while bits < 2 and (tiles << (bits + 1)) <= threads:
+        bits += 1
+    return bits
+
+
+def quad_tile(w: int, cols: int, split_bits: int, upper: bool) -> tuple[int, int]:
+    block, block_row, half = (w >> 2) >> split_bits, 0, cols >> 1
+    if upper:
+        while block >= half - block_row:
+            block -= half - block_row
+            block_row += 1
+        block_col = block_row + block
+    else:
+        block_row, block_col = block // half, block % half
+    return 2 * block_row + ((w >> 1) & 1), 2 * block_col + (w & 1)
+
+
+def wavefronts(words: list[int]) -> int:
+    banks: dict[int, set[int]] = {}
+    for word in set(words):
+        banks.setdefault(word % 32, set()).add(word)
+    return max(len(v) for v in banks.values())
+
+
+def gemm_tn(D: int, M: int, swz: bool, upper: bool, threads: int = 128) -> tuple[int, int]:
+    """(warp FMA instructions, wavefronts) of C = X^T Y (the Gram product when upper)."""
+    tiles = (M // 4) ** 2
+    split_bits = split_bits_for(tiles, threads)
+    splits, side = 1 << split_bits, M // 8
+    items = (4 * (side * (side + 1) // 2) if upper else tiles) << split_bits
+    fma = waves = 0
+    for warp in range(threads // 32):
+        lanes = [w for w in range(32 * warp, 32 * warp + 32) if w < items]
+        if not lanes:
+            continue
+        for it in range(D // splits):
+            fma += 16
+            for operand in (0, 1):  # X quads at the tile's rows, Y quads at its columns
+                words = []
+                for w in lanes:
+                    row, col = quad_tile(w, M // 4, split_bits, upper)
+                    base = at(((w >> 2) & (splits - 1)) + splits * it, 4 * (col if operand else row), M, swz)
+                    words += [base + e for e in range(4)]
+                waves += wavefronts(words)
+    return fma, waves
+
+
+def gemm_nn(D: int, M: int, swz: bool, threads: int = 128) -> tuple[int, int]:
+    """(warp FMA instructions, wavefronts) of one pass C = alpha X Y + beta Z, Y = A (M x M,
+    plain), with its epilogue's Z loads and C stores."""
+    tiles = (D // 4) * (M // 4)
+    fma = waves = 0
+    for warp in range(threads // 32):
+        lanes = [w for w in range(32 * warp, 32 * warp + 32) if w < tiles]
+        place = [quad_tile(w, M // 4, 0, False) for w in lanes]
+        for k in range(0, M, 2):
+            fma += 32
+            for kk in (k, k + 1):
+                waves += wavefronts([kk * M + 4 * col + e for _, col in place for e in range(4)])
+            for i in range(4):
+                waves += wavefronts([at(4 * row + i, k, M, swz) + e for row, _ in place for e in (0, 1)])
+        for i in range(4):
+            waves += 2 * wavefronts([at(4 * row + i, 4 * col, M, swz) + e for row, col in place
+                                     for e in range(4)])
+    return fma, waves
+
+
+def main() -> int:
+    D, M = 64, 32
+    for swz in (False, True):
+        gram, update = gemm_tn(D, M, swz, True), gemm_nn(D, M, swz)
+        s_q_g = gemm_tn(D, M, swz, False)
+        print(f"{'swizzled' if swz else 'plain':8s}  forward step: Gram {gram[1]} wavefronts, update "
+              f"{update[1]}; FMA {(gram[0] + update[0]) / 4:.0f} SM cycles against {gram[1] + update[1]} "
+              f"wavefronts | backward step: S = Q^T G {s_q_g[1]} wavefronts, each of G A and "
+              f"Q (S + S^T) {update[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
