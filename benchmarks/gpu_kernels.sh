@@ -251,8 +251,9 @@ if raw:
         counts = {}
         for op in ("ld", "st"):
             try:
-                wave = float(r[head.index(f"l1tex__data_pipe_lsu_wavefronts_mem_shared_op_{op}.sum")].replace(",", ""))
-                conflicts = float(r[head.index(f"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_{op}.sum")].replace(",", ""))
+                wave, conflicts = (
+                    float(r[head.index(f"l1tex__data_{m}_mem_shared_op_{op}.sum")].replace(",", ""))
+                    for m in ("pipe_lsu_wavefronts", "bank_conflicts_pipe_lsu"))
             except (ValueError, IndexError):
                 continue
             counts[op] = f"{op} {wave:.3g} wavefronts, {conflicts:.3g} from bank conflicts"

@@ -276,7 +276,8 @@ __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, i
       [&](acc_t (&c)[4][4], int i0, int j0, int s, int splits) {
 #pragma unroll 4
         for (int d = s; d < D; d += splits) {
-          const Quad<acc_t> a = load_quad(X + at(d, i0, M, swz)), b = load_quad(Y + at(d, j0, M, swz));
+          const Quad<acc_t> a = load_quad(X + at(d, i0, M, swz));
+          const Quad<acc_t> b = load_quad(Y + at(d, j0, M, swz));
 #pragma unroll
           for (int i = 0; i < 4; ++i)
 #pragma unroll

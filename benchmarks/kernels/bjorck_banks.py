@@ -63,7 +63,8 @@ def gemm_tn(D: int, M: int, swz: bool, upper: bool, threads: int = 128) -> tuple
                 words = []
                 for w in lanes:
                     row, col = quad_tile(w, M // 4, split_bits, upper)
-                    base = at(((w >> 2) & (splits - 1)) + splits * it, 4 * (col if operand else row), M, swz)
+                    d = ((w >> 2) & (splits - 1)) + splits * it  # the lane's K split
+                    base = at(d, 4 * (col if operand else row), M, swz)
                     words += [base + e for e in range(4)]
                 waves += wavefronts(words)
     return fma, waves
@@ -82,7 +83,8 @@ def gemm_nn(D: int, M: int, swz: bool, threads: int = 128) -> tuple[int, int]:
             for kk in (k, k + 1):
                 waves += wavefronts([kk * M + 4 * col + e for _, col in place for e in range(4)])
             for i in range(4):
-                waves += wavefronts([at(4 * row + i, k, M, swz) + e for row, _ in place for e in (0, 1)])
+                waves += wavefronts([at(4 * row + i, k, M, swz) + e
+                                     for row, _ in place for e in (0, 1)])
         for i in range(4):
             waves += 2 * wavefronts([at(4 * row + i, 4 * col, M, swz) + e for row, col in place
                                      for e in range(4)])
@@ -94,10 +96,11 @@ def main() -> int:
     for swz in (False, True):
         gram, update = gemm_tn(D, M, swz, True), gemm_nn(D, M, swz)
         s_q_g = gemm_tn(D, M, swz, False)
-        print(f"{'swizzled' if swz else 'plain':8s}  forward step: Gram {gram[1]} wavefronts, update "
-              f"{update[1]}; FMA {(gram[0] + update[0]) / 4:.0f} SM cycles against {gram[1] + update[1]} "
-              f"wavefronts | backward step: S = Q^T G {s_q_g[1]} wavefronts, each of G A and "
-              f"Q (S + S^T) {update[1]}")
+        fma_cycles, waves = (gram[0] + update[0]) / 4, gram[1] + update[1]
+        print(f"{'swizzled' if swz else 'plain':8s}  forward step: Gram {gram[1]} wavefronts, "
+              f"update {update[1]}; FMA {fma_cycles:.0f} SM cycles against {waves} wavefronts | "
+              f"backward step: S = Q^T G {s_q_g[1]} wavefronts, each of G A and Q (S + S^T) "
+              f"{update[1]}")
     return 0
 
 
