@@ -42,7 +42,7 @@ SCALES="${SCALES:-1,4}"
 #       Gram products' two K splits (rows d, d + 1: 2-way) and an update warp's tile rows (r,
 #       r + 4, r + 8, r + 12: 4-way) load the same banks, by the code's reading (session 12, no
 #       GPU; benchmarks/kernels/bjorck_banks.py: 1664 wavefronts a block's step against 896 FMA
-#       cycles, swizzled 800). Bitwise the default's results. Predicted: forward 148.7 -> 105-135
+#       cycles, swizzled 768). Bitwise the default's results. Predicted: forward 148.7 -> 105-135
 #       us, backward 453 -> 330-400 us at N = 1024, cold; ncu's shared-load bank conflicts far
 #       fewer than the default's. Conflicts that fall with the time flat: the barriers bound it.
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more

@@ -154,11 +154,12 @@ struct TileWalk {
 __device__ __forceinline__ bool swizzled(int D, int M) {
   return kSwizzle && M % 32 == 0 && D % 8 == 0;
 }
-// Row r's chunk permutation: bit 1 from r's bit 0 takes rows d, d + 1 (d even) to chunk sets
-// {0, 1} and {2, 3} (or other disjoint pairs); bits 0 and 2 from r's bits 2 and 3 give rows r,
-// r + 4, r + 8, r + 12 four different chunks for one column.
+// Row r's chunk permutation: bit 2 from r's bit 0 sends the chunks a Gram warp loads from row d
+// (d even; at most 4 chunks, {0, 1}, {2, ..., 5} or {4, ..., 7} at M = 32) and from row d + 1 to
+// disjoint sets; bits 0 and 1 from r's bits 2 and 3 give rows r, r + 4, r + 8, r + 12 four
+// different chunks for one column.
 __device__ __forceinline__ int chunk_xor(int r) {
-  return ((r & 1) << 1) | ((r >> 2) & 1) | (((r >> 3) & 1) << 2);
+  return ((r & 1) << 2) | ((r >> 2) & 3);
 }
 // Where element (r, c) of a D x M buffer lives: a quad (c % 4 == 0) or a pair stays contiguous.
 __device__ __forceinline__ int at(int r, int c, int M, bool swz) {

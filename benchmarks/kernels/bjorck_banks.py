@@ -13,7 +13,7 @@ from __future__ import annotations
 
 
 def chunk_xor(r: int) -> int:
-    return ((r & 1) << 1) | ((r >> 2) & 1) | (((r >> 3) & 1) << 2)
+    return ((r & 1) << 2) | ((r >> 2) & 3)
 
 
 def at(r: int, c: int, M: int, swz: bool) -> int:
