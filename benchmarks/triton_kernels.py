@@ -121,8 +121,9 @@ def check(reference, inputs, launch, tol: float) -> float:
 
 
 def stats(samples: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(samples, n=5, method="inclusive") if len(samples) > 1 else samples * 4
-    return statistics.median(samples), q[0], q[3]
+    from lvmfast.bench.harness import percentile  # the bench's own p20 and p80
+
+    return statistics.median(samples), percentile(samples, 0.2), percentile(samples, 0.8)
 
 
 def time_graph(launches: list, reps: int, device: str) -> tuple[float, float, float]:

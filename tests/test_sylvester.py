@@ -55,20 +55,28 @@ def run(backend, *args):
         return lvmfast.sylvester_flow(*args)
 
 
-def check_against_reference(backend, device, dtype, B, D, M, kind, shared=()):
-    tensors, q, reverse = make_inputs(B, D, M, kind, dtype, device, shared)
-    out, logdet = run(backend, *tensors, q, reverse)
-    assert out.shape == (B, D) and logdet.shape == (B,)
-    assert out.dtype == dtype and logdet.dtype == dtype and out.device.type == device
+def assert_matches_reference(backend, tensors, q, reverse, tol, q_arg=None):
+    """Runs the op on tensors (z, r1, r2, b) and q (or q_arg, a view of q, in its place) and
+    compares its outputs (to tol) and its gradients for z, r1, r2, b and q (to 10 tol) with the
+    float64 reference's at q. Returns (out, logdet, gradients)."""
+    out, logdet = run(backend, *tensors, q if q_arg is None else q_arg, reverse)
     grad_out, grad_logdet = torch.randn_like(out), torch.randn_like(logdet)
     wrt = tensors + ([q] if q is not None else [])
     grads = torch.autograd.grad((out, logdet), wrt, (grad_out, grad_logdet))
     ref_out, ref_logdet, ref_grads = reference_and_grads(tensors, q, reverse, grad_out, grad_logdet)
-    tol = 1e-10 if dtype == torch.float64 else 2e-5
     assert_close_rel(out, ref_out, tol, "z'")
     assert_close_rel(logdet, ref_logdet, tol, "logdet")
     for name, g, rg in zip(("z",) + PARAMS, grads, ref_grads):
         assert_close_rel(g, rg, tol * 10, f"grad {name}")
+    return out, logdet, grads
+
+
+def check_against_reference(backend, device, dtype, B, D, M, kind, shared=()):
+    tensors, q, reverse = make_inputs(B, D, M, kind, dtype, device, shared)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    out, logdet, grads = assert_matches_reference(backend, tensors, q, reverse, tol)
+    assert out.shape == (B, D) and logdet.shape == (B,)
+    assert out.dtype == dtype and logdet.dtype == dtype and out.device.type == device
     # below the diagonal: never read, exactly zero gradient
     for g in grads[1:3]:
         assert (g.tril(-1) == 0).all()
@@ -139,14 +147,7 @@ def test_q_expanded_over_the_batch(backend, device, kind):
     tensors, q, reverse = make_inputs(B, D, M, kind, torch.float64, device, ("q",))
     q_expanded = q.expand(B, D, M)
     assert q_expanded.stride(0) == 0
-    out, logdet = run(backend, *tensors, q_expanded, reverse)
-    grad_out, grad_logdet = torch.randn_like(out), torch.randn_like(logdet)
-    grads = torch.autograd.grad((out, logdet), tensors + [q], (grad_out, grad_logdet))
-    ref_out, ref_logdet, ref_grads = reference_and_grads(tensors, q, reverse, grad_out, grad_logdet)
-    assert_close_rel(out, ref_out, 1e-10, "z'")
-    assert_close_rel(logdet, ref_logdet, 1e-10, "logdet")
-    for name, g, rg in zip(("z",) + PARAMS, grads, ref_grads):
-        assert_close_rel(g, rg, 1e-9, f"grad {name}")
+    assert_matches_reference(backend, tensors, q, reverse, 1e-10, q_arg=q_expanded)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -202,14 +203,7 @@ def test_non_contiguous_inputs(backend, device):
     tensors = [t.requires_grad_() for t in (z, r1, r2, b)]
     q.requires_grad_()
     assert not any(t.is_contiguous() for t in tensors + [q])
-    out, logdet = run(backend, *tensors, q, False)
-    grad_out, grad_logdet = torch.randn_like(out), torch.randn_like(logdet)
-    grads = torch.autograd.grad((out, logdet), tensors + [q], (grad_out, grad_logdet))
-    ref_out, ref_logdet, ref_grads = reference_and_grads(tensors, q, False, grad_out, grad_logdet)
-    assert_close_rel(out, ref_out, 1e-10, "z'")
-    assert_close_rel(logdet, ref_logdet, 1e-10, "logdet")
-    for g, rg in zip(grads, ref_grads):
-        assert_close_rel(g, rg, 1e-9, "grad")
+    assert_matches_reference(backend, tensors, q, False, 1e-10)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -203,15 +203,14 @@ def _prepare(z, r1, r2, b, q, reverse):
     qkind = 2 if q is not None else (1 if reverse else 0)
     z, r1, r2, b = (t.contiguous() for t in (z, r1, r2, b))
 
-    def stride(t, batched_dim):
-        return t[0].numel() if t is not None and t.dim() == batched_dim and t.shape[0] else 0
+    def batch_stride(t, batched_dim):  # 0 for a parameter shared by the batch
+        return t.stride(0) if t.dim() == batched_dim else 0
 
     # q is read at its own strides, so torch.linalg.qr's column-major matrices are not copied:
     # on the H100 (session 11) that copy took 94 of the orthogonal kind's 174 us of kernels for
     # four flows forward and backward, the kernels themselves 78
-    q_strides = (0, 0, 0) if q is None else (
-        q.stride(0) if q.dim() == 3 else 0, q.stride(-2), q.stride(-1))
-    strides = (stride(r1, 3), stride(r2, 3), stride(b, 2)) + q_strides
+    q_strides = (0, 0, 0) if q is None else (batch_stride(q, 3), q.stride(-2), q.stride(-1))
+    strides = (batch_stride(r1, 3), batch_stride(r2, 3), batch_stride(b, 2)) + q_strides
     blocks = dict(D=D, M=M, QKIND=qkind, BLOCK_D=triton.next_power_of_2(D),
                   BLOCK_M=triton.next_power_of_2(M), ACC=_acc(z.dtype)[1])
     return (z, r1, r2, b, q), strides, blocks
