@@ -15,7 +15,8 @@
 //   Four triangular flows, forward + backward: ~4 x 20 us = 80 us floor, plus ~8 launches.
 //
 // Design: a block of 128 threads owns one sample at a time (grid-stride over the batch); 256
-// when the sample's staged matrices leave fewer than 8 blocks an SM (kWideAboveBytes).
+// when the sample's staged matrices leave fewer than 8 blocks an SM (kWideAboveBytes) and the
+// batch is small (kWideMaxSamplesPerSm).
 // The sample's vectors (z, y, h, c, gradients: O(D + M)) live in shared memory. Its matrices
 // are staged there too when they fit (kStagedSmemLimit): every thread issues its share of
 // the upper triangles (and of a dense Q), with z, b (and the backward's grad_out), at once, as
@@ -86,10 +87,16 @@ namespace {
 // 16.1 -> 20.7 us forward. The footprint is the rule, the kind its one measured case. Picked per
 // launch (this build, against gpu_kernels.sh's sy128, H100, session 11): the Householder kind at
 // B = 1024 31.0 against 33.3 us forward, 55.4 against 65.9 backward, but at B = 4096 107.4
-// against 96.7 forward.
+// against 96.7 forward, 200.0 against 196.7 backward. So wide blocks only up to
+// kWideMaxSamplesPerSm samples an SM: 7.8 at B = 1024 on 132 SMs (wide faster), 31 at 4096
+// (narrow faster); the crossover between them is not measured, 16 is their geometric mean.
+#ifndef LVMFAST_SYLVESTER_WIDE_MAX_SAMPLES_PER_SM
+#define LVMFAST_SYLVESTER_WIDE_MAX_SAMPLES_PER_SM 16
+#endif
 constexpr int kNarrowThreads = LVMFAST_SYLVESTER_THREADS;
 constexpr int kWideThreads = LVMFAST_SYLVESTER_WIDE_THREADS;
 constexpr size_t kWideAboveBytes = 28 * 1024;
+constexpr int64_t kWideMaxSamplesPerSm = LVMFAST_SYLVESTER_WIDE_MAX_SAMPLES_PER_SM;
 constexpr bool valid_threads(int threads) {
   return threads % 32 == 0 && (threads & (threads - 1)) == 0;
 }
@@ -780,13 +787,16 @@ int grid_size(int64_t B, int per_sm, int num_sms) {
   return static_cast<int>(B < cap ? B : cap);
 }
 
-// The kernel a launch gets, by the shared memory a block stages (the same rule forward and
-// backward): double-buffered (kPipelineBlocksPerSm), wide blocks where a narrow one would stage
-// over kWideAboveBytes, narrow staged blocks, or the kernel that reads global memory.
+// The kernel a launch gets, by the shared memory a block stages and the batch (the same rule
+// forward and backward): double-buffered (kPipelineBlocksPerSm), wide blocks where a narrow one
+// would stage over kWideAboveBytes and the batch is at most kWideMaxSamplesPerSm an SM, narrow
+// staged blocks, or the kernel that reads global memory.
 enum class Launch { kPipelined, kWide, kNarrow, kGlobal };
-Launch pick_launch(size_t narrow_staged, size_t wide_staged) {
+Launch pick_launch(size_t narrow_staged, size_t wide_staged, int64_t B, int num_sms) {
   if (kPipelineBlocksPerSm > 0 && 2 * narrow_staged <= kStagedSmemLimit) return Launch::kPipelined;
-  if (narrow_staged > kWideAboveBytes && wide_staged <= kStagedSmemLimit) return Launch::kWide;
+  if (narrow_staged > kWideAboveBytes && wide_staged <= kStagedSmemLimit &&
+      B <= kWideMaxSamplesPerSm * (num_sms > 0 ? num_sms : 1))
+    return Launch::kWide;
   return narrow_staged <= kStagedSmemLimit ? Launch::kNarrow : Launch::kGlobal;
 }
 
@@ -809,7 +819,7 @@ cudaError_t sylvester_forward(const scalar_t* z, const scalar_t* r1, const scala
     return launch_with_smem(kernel, grid, threads, smem, stream, z, r1, r2, b, q, out, logdet,
                             dims);
   };
-  switch (pick_launch(staged, wide)) {
+  switch (pick_launch(staged, wide, dims.B, num_sms)) {
     case Launch::kPipelined:
       if constexpr (kPipelineBlocksPerSm > 0)
         return go(forward_kernel<kNarrowThreads, scalar_t, acc_t, true, 2>,
@@ -835,7 +845,7 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
                                scalar_t* grad_r1, scalar_t* grad_r2, scalar_t* grad_b,
                                scalar_t* grad_q, acc_t* workspace, int64_t shared_size,
                                const SylvesterDims& dims, const SylvesterGradStrides& grad_strides,
-                               int blocks, cudaStream_t stream) {
+                               int blocks, int num_sms, cudaStream_t stream) {
   if (dims.B == 0 || blocks <= 0) return cudaSuccess;
   const size_t staged = backward_bytes<kNarrowThreads, acc_t>(dims, true);
   const size_t wide = backward_bytes<kWideThreads, acc_t>(dims, true);
@@ -845,7 +855,7 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
                             r2, b, q, grad_z, grad_r1, grad_r2, grad_b, grad_q, slices,
                             shared_size, dims, grad_strides);
   };
-  switch (pick_launch(staged, wide)) {
+  switch (pick_launch(staged, wide, dims.B, num_sms)) {
     case Launch::kPipelined:
       if constexpr (kPipelineBlocksPerSm > 0)
         return go(backward_kernel<kNarrowThreads, scalar_t, acc_t, true, 2>, kNarrowThreads,
@@ -869,7 +879,7 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
   template cudaError_t sylvester_backward<scalar_t, acc_t>(                                     \
       const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*,      \
       const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, scalar_t*, scalar_t*, scalar_t*,  \
-      acc_t*, int64_t, const SylvesterDims&, const SylvesterGradStrides&, int, cudaStream_t);
+      acc_t*, int64_t, const SylvesterDims&, const SylvesterGradStrides&, int, int, cudaStream_t);
 
 LVMFAST_INSTANTIATE(float, float)
 LVMFAST_INSTANTIATE(double, double)

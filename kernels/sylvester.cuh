@@ -53,6 +53,7 @@ cudaError_t sylvester_forward(const scalar_t* z, const scalar_t* r1, const scala
 // is instead accumulated per block into `workspace` (blocks x shared_size acc_t, zero-filled by
 // the caller, laid out [r1 (M*M)] [r2 (M*M)] [b (M)] [q (D*M)] with only the shared ones
 // present); the caller sums it over blocks. Pointers of absent gradients may be nullptr.
+// blocks: sylvester_backward_blocks(B, any_shared, num_sms), with the same num_sms.
 template <typename scalar_t, typename acc_t>
 cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_logdet,
                                const scalar_t* z, const scalar_t* r1, const scalar_t* r2,
@@ -60,7 +61,7 @@ cudaError_t sylvester_backward(const scalar_t* grad_out, const scalar_t* grad_lo
                                scalar_t* grad_r1, scalar_t* grad_r2, scalar_t* grad_b,
                                scalar_t* grad_q, acc_t* workspace, int64_t shared_size,
                                const SylvesterDims& dims, const SylvesterGradStrides& grad_strides,
-                               int blocks, cudaStream_t stream);
+                               int blocks, int num_sms, cudaStream_t stream);
 
 }  // namespace kernels
 }  // namespace lvmfast

@@ -73,37 +73,45 @@ def test_half_storage_accumulates_in_float(emulated_cuda, dtype, kind):
     check(emulated_cuda, 6, 12, 8, kind, dtype)
 
 
-# (kind, dtype, M, wide): a forward block stages 35 kB for the Householder kind (a 64 x 64 Q
+# (kind, dtype, M, B, wide): a forward block stages 35 kB for the Householder kind (a 64 x 64 Q
 # beside the triangles) and 37 kB for float64 triangles, over the 28 kB past which fewer than 8
-# blocks fit an SM; 18 kB for float32 triangles, 14 kB for the orthogonal kind's 64 x 32 Q.
-BLOCK_WIDTHS = [("householder", torch.float32, 64, True), ("triangular", torch.float64, 64, True),
-                ("triangular", torch.float32, 64, False), ("orthogonal", torch.float32, 32, False)]
+# blocks fit an SM; 18 kB for float32 triangles, 14 kB for the orthogonal kind's 64 x 32 Q. On one
+# emulated SM, a batch of 17 is past the 16 samples an SM up to which wide blocks are launched.
+BLOCK_WIDTHS = [("householder", torch.float32, 64, 3, True),
+                ("householder", torch.float32, 64, 17, False),
+                ("triangular", torch.float64, 64, 3, True),
+                ("triangular", torch.float64, 64, 16, True),
+                ("triangular", torch.float32, 64, 3, False),
+                ("orthogonal", torch.float32, 32, 3, False)]
 
 
-def _expected_threads(kind: str, wide: bool) -> int:
-    """The block width the emulated build should launch, given its -D constants (the
+def _expected_threads(kind: str, wide: bool, B: int) -> int:
+    """The block width the emulated build (one SM) should launch, given its -D constants (the
     double-buffered builds keep the narrow width: these samples fit two buffers; so does the
     build that stages nothing, and the Householder kind's block without its staged Q)."""
     defines = dict(d.split("=", 1) for d in os.environ.get("LVMFAST_EMULATOR_DEFINES", "").split())
     narrow = int(defines.get("LVMFAST_SYLVESTER_THREADS", 128))
     if (int(defines.get("LVMFAST_SYLVESTER_PIPELINE_BLOCKS", 0)) > 0
             or int(defines.get("LVMFAST_SYLVESTER_STAGED_LIMIT_KB", 96)) == 0
-            or (kind == "householder" and int(defines.get("LVMFAST_SYLVESTER_STAGE_Q", 1)) == 0)):
+            or (kind == "householder" and int(defines.get("LVMFAST_SYLVESTER_STAGE_Q", 1)) == 0)
+            or B > int(defines.get("LVMFAST_SYLVESTER_WIDE_MAX_SAMPLES_PER_SM", 16))):
         return narrow
     return int(defines.get("LVMFAST_SYLVESTER_WIDE_THREADS", 256)) if wide else narrow
 
 
-@pytest.mark.parametrize("kind, dtype, M, wide", BLOCK_WIDTHS, ids=lambda v: str(v))
-def test_block_width_follows_the_staged_footprint(emulated_cuda, monkeypatch, capfd, kind, dtype,
-                                                  M, wide):
+@pytest.mark.parametrize("kind, dtype, M, B, wide", BLOCK_WIDTHS, ids=lambda v: str(v))
+def test_block_width_follows_the_footprint_and_batch(emulated_cuda, monkeypatch, capfd, kind,
+                                                     dtype, M, B, wide):
     """The launchers give a block 256 threads when its staged matrices leave fewer than 8 blocks
-    an SM and 128 otherwise (kernels/sylvester.cu, kWideAboveBytes), forward and backward, and
-    both widths match the reference."""
+    an SM and the batch is at most 16 samples an SM, and 128 otherwise (kernels/sylvester.cu,
+    kWideAboveBytes, kWideMaxSamplesPerSm), forward and backward, and both widths match the
+    reference."""
     monkeypatch.setenv("LVMFAST_EMULATED_TRACE", "1")
+    monkeypatch.setenv("LVMFAST_EMULATED_SMS", "1")
     capfd.readouterr()
-    check(emulated_cuda, 3, 64, M, kind, dtype)
+    check(emulated_cuda, B, 64, M, kind, dtype)
     launched = re.findall(r"emulated launch: \d+ blocks, (\d+) threads", capfd.readouterr().err)
-    assert launched == [str(_expected_threads(kind, wide))] * 2
+    assert launched == [str(_expected_threads(kind, wide, B))] * 2
 
 
 def test_empty_batch(emulated_cuda):

@@ -213,7 +213,8 @@ Case sylvester_case(const char* kind, bool backward, int64_t B, const Device& de
       s.launch = [=](cudaStream_t st) {
         return k::sylvester_backward<float, float>(g.p, gl.p, z.p, r1.p, r2.p, b.p, q.p, gz.p,
                                                    gr1.p, gr2.p, gb.p, gq.p, nullptr, 0, dims,
-                                                   k::SylvesterGradStrides{D, 1, 1}, blocks, st);
+                                                   k::SylvesterGradStrides{D, 1, 1}, blocks,
+                                                   dev.sms, st);
       };
     }
     return s;

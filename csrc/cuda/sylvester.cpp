@@ -111,7 +111,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sylvester
   at::Tensor gq = in.q.defined() && !sh_q ? at::empty(in.q.sizes(), z.options()) : at::Tensor();
   const int64_t shared_size =
       (sh_r1 ? MM : 0) + (sh_r2 ? MM : 0) + (sh_b ? s.M : 0) + (sh_q ? DM : 0);
-  const int blocks = kernels::sylvester_backward_blocks(s.B, shared_size > 0, num_sms());
+  const int sms = num_sms();
+  const int blocks = kernels::sylvester_backward_blocks(s.B, shared_size > 0, sms);
   at::Tensor workspace;  // (blocks, shared_size) partial sums, only with shared parameters
   if (shared_size > 0)
     workspace = at::zeros({std::max(blocks, 1), shared_size}, z.options().dtype(acc));
@@ -124,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sylvester
           ptr<T>(g), ptr<T>(gl), ptr<T>(in.z), ptr<T>(in.r1), ptr<T>(in.r2), ptr<T>(in.b),
           ptr<T>(in.q), mut_ptr<T>(gz), mut_ptr<T>(gr1), mut_ptr<T>(gr2), mut_ptr<T>(gb),
           mut_ptr<T>(gq), shared_size > 0 ? workspace.data_ptr<A>() : nullptr, shared_size, dims,
-          grad_strides, blocks, at::cuda::getCurrentCUDAStream()));
+          grad_strides, blocks, sms, at::cuda::getCurrentCUDAStream()));
     });
   }
   // Shared parameters: sum the blocks' partial sums (zeros for an empty batch), same layout
