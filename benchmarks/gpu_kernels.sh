@@ -45,6 +45,24 @@ SCALES="${SCALES:-1,4}"
 #       cycles, swizzled 768). Bitwise the default's results. Predicted: forward 148.7 -> 105-135
 #       us, backward 453 -> 330-400 us at N = 1024, cold; ncu's shared-load bank conflicts far
 #       fewer than the default's. Conflicts that fall with the time flat: the barriers bound it.
+#       Session 13 (no GPU), from the PTX: the swizzle's XOR costs instructions in the products'
+#       loops (Gram: 125 PTX instructions for 64 FMAs against 90; update: 127 against 105), and
+#       every instruction takes an issue slot from the FMAs, so the prediction above is now its
+#       optimistic end; bjpad is the same wavefronts without the extra instructions.
+#  bjpad: the bank conflicts removed with affine addresses (kernels/orthogonal.cu, kPad): rows
+#       M + 4 apart, the Gram's K split over blocks of 4 rows, an update tile's rows D / 4 apart.
+#       The model: the same 768 wavefronts a step as bjswizzle; the PTX: the default's
+#       instruction counts in the loops (90 and 105 for 64 FMAs). 22.5 KB a forward block (20),
+#       8 still fit an SM; the backward takes 101 registers (bounded to its 4 blocks an SM;
+#       unbounded, ptxas spilled). The Gram sums K in another order: results within rounding
+#       of the default's, not its bits. A count of the default's step (8 blocks an SM): about
+#       6400 warp instructions a block (PTX), 6.5 us of issue at 4 a cycle, and 1664 x 8
+#       wavefronts, 6.7 us: their sum is the 12.3 us a step measured (148.7 us / 12.1 Gram
+#       products), their overlap would be 6.7. Padded: issue 6.5 us, wavefronts 3.1. Predicted
+#       (cold, N = 1024): forward 148.7 -> 80-116 us (overlapped .. summed), backward 453 ->
+#       245-355 us; bjswizzle (issue about 8.2 us) forward 100-137 us, backward 305-415. ncu:
+#       shared-load bank conflicts far fewer in both than in the default. bjpad slower than
+#       bjswizzle would mean issue slots were not the limit and the padding costs more.
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
 #       threads a sample help) or by the loads (then the thread count does not matter). Neither:
 #       256 threads help the Householder kind only, 64 the orthogonal forward only.
@@ -56,6 +74,12 @@ SCALES="${SCALES:-1,4}"
 #       us, backward 70.2 -> 58.7 at B = 1024; at B = 4096 forward 107.3 -> 116.8 (slower),
 #       backward 214.0 -> 210.9; the other kinds within 1%. Again without them (run 3):
 #       forward 33.3 -> 31.0 and backward 65.9 -> 55.4 at B = 1024, forward 96.7 -> 107.4 at 4096.
+#       Since session 13 the default launches wide blocks only up to 16 samples an SM, so at
+#       B = 4096 (31 an SM) the default is sy128's code for the Householder kind.
+#  sywide: wide blocks at every batch (the rule before session 13). Predicted: the Householder
+#       kind at B = 4096 (SCALES=1,4) forward 107 against the default's 97 us, backward 200
+#       against 197 (session 11's run 3 again); B = 1024 the same in both. With SCALES=1,2,4,
+#       B = 2048 (15.5 an SM, still wide in the default) says on which side the crossover is.
 #  (removed) phased waits: a staged sample's copies in three committed groups, each phase waiting
 #       for its own, predicted 1-3 us faster; on the H100 (session 11) from 1% faster to 16%
 #       slower (triangular forward 19.1 -> 20.9 us at B = 1024, 57.6 -> 66.7 at 4096). Untested
@@ -85,7 +109,9 @@ VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJ
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
 bjfullgram:-DLVMFAST_BJORCK_SYMMETRIC_GRAM=0;\
 bjswizzle:-DLVMFAST_BJORCK_SWIZZLE=1;\
+bjpad:-DLVMFAST_BJORCK_PAD=4;\
 sy128:-DLVMFAST_SYLVESTER_WIDE_THREADS=128;\
+sywide:-DLVMFAST_SYLVESTER_WIDE_MAX_SAMPLES_PER_SM=1000000;\
 syglobal:-DLVMFAST_SYLVESTER_STAGED_LIMIT_KB=0;\
 systageq0:-DLVMFAST_SYLVESTER_STAGE_Q=0;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
@@ -207,24 +233,26 @@ for name in "${built[@]}"; do
   pack
 done
 
-# DEADLINE_S: no profile once this many seconds have passed (it takes a minute or two)
-if (( $(date +%s) - started > ${DEADLINE_S:-300} )); then
-  stamp "ncu skipped: past DEADLINE_S=${DEADLINE_S:-300}"
-elif [ "${NCU:-1}" != 0 ] && [ "$EMULATE" != 1 ] && command -v ncu >/dev/null; then
-  stamp "ncu (default build, benchmark shapes, each flow kernel once)"
-  # --clock-control none: the clocks the timings above ran at. The shared-memory counters test a
-  # lead of session 12: rows of 32 floats (128 B, every bank once) put the K splits' and the tile
-  # rows' loads of the Björck products on the same banks (NOTES.md)
-  SHARED_METRICS=l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum
-  timeout 300 ncu --clock-control none --kernel-name regex:"forward|backward" \
+# ncu_profile NAME KERNEL_REGEX: profiles build NAME's kernels matching KERNEL_REGEX (on their
+# mangled names, which carry the source file: orthogonal_cu for the Björck kernels) and prints one
+# block per launch: headline numbers, top stalls, shared-memory wavefronts, instructions issued.
+# --clock-control none: the clocks the timings above ran at. The shared-memory counters test a
+# lead of session 12: rows of 32 floats (128 B, every bank once) put the K splits' and the tile
+# rows' loads of the Björck products on the same banks (NOTES.md); the instruction count, session
+# 13's: the swizzle's XOR costs issue slots that the padded layout does not.
+SHARED_METRICS=l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed.sum
+ncu_profile() {
+  local name=$1 regex=$2
+  stamp "ncu ($name build, benchmark shapes, kernels matching $regex, each once)"
+  timeout 300 ncu --clock-control none --kernel-name-base mangled --kernel-name regex:"$regex" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section SchedulerStats --metrics "$SHARED_METRICS" \
-    --export "$OUT/ncu-default" --force-overwrite \
-    "$BUILD/default/flow_kernels" --once >"$OUT/ncu.log" 2>&1 || { echo "  ncu rc=$?"; tail -5 "$OUT/ncu.log"; }
-  if [ -f "$OUT/ncu-default.ncu-rep" ]; then
-    ncu --import "$OUT/ncu-default.ncu-rep" --csv --page details >"$OUT/ncu-details.csv" 2>/dev/null
-    ncu --import "$OUT/ncu-default.ncu-rep" --csv --page raw >"$OUT/ncu-raw.csv" 2>/dev/null
-    "$PY" - "$OUT/ncu-details.csv" "$OUT/ncu-raw.csv" <<'EOF'
+    --export "$OUT/ncu-$name" --force-overwrite \
+    "$BUILD/$name/flow_kernels" --once >"$OUT/ncu-$name.log" 2>&1 || { echo "  ncu rc=$?"; tail -5 "$OUT/ncu-$name.log"; }
+  [ -f "$OUT/ncu-$name.ncu-rep" ] || return 0
+  ncu --import "$OUT/ncu-$name.ncu-rep" --csv --page details >"$OUT/ncu-$name-details.csv" 2>/dev/null
+  ncu --import "$OUT/ncu-$name.ncu-rep" --csv --page raw >"$OUT/ncu-$name-raw.csv" 2>/dev/null
+  "$PY" - "$OUT/ncu-$name-details.csv" "$OUT/ncu-$name-raw.csv" <<'EOF'
 import csv, re, sys
 # one line per kernel launch: the details page's headline numbers and the raw page's top stalls
 want = ["Duration", "DRAM Throughput", "Compute (SM) Throughput", "Achieved Occupancy",
@@ -257,6 +285,10 @@ if raw:
             except (ValueError, IndexError):
                 continue
             counts[op] = f"{op} {wave:.3g} wavefronts, {conflicts:.3g} from bank conflicts"
+        try:
+            counts["inst"] = f'{float(r[head.index("smsp__inst_executed.sum")].replace(",", "")):.4g} warp instructions'
+        except (ValueError, IndexError):
+            pass
         if counts:
             shared[r[0]] = "; ".join(counts.values())
 for key, m in rows.items():
@@ -267,7 +299,22 @@ for key, m in rows.items():
     if shared.get(key[0]):
         print(f"      shared memory: {shared[key[0]]}")
 EOF
-  fi
+}
+
+# DEADLINE_S: no profile once this many seconds have passed (they take a minute or two).
+# NCU_VARIANTS: built variants whose Björck kernels are profiled too (the layouts' conflicts).
+if (( $(date +%s) - started > ${DEADLINE_S:-300} )); then
+  stamp "ncu skipped: past DEADLINE_S=${DEADLINE_S:-300}"
+elif [ "${NCU:-1}" != 0 ] && [ "$EMULATE" != 1 ] && command -v ncu >/dev/null; then
+  ncu_profile default "forward|backward"
+  for name in ${NCU_VARIANTS-bjswizzle bjpad}; do
+    if (( $(date +%s) - started > ${DEADLINE_S:-300} )); then
+      stamp "ncu of $name skipped: past DEADLINE_S"
+    elif [ -x "$BUILD/$name/flow_kernels" ]; then
+      ncu_profile "$name" "orthogonal_cu.*(forward|backward)"
+    fi
+    pack
+  done
 fi
 
 pack

@@ -92,6 +92,24 @@ constexpr bool kSymmetricGram = LVMFAST_BJORCK_SYMMETRIC_GRAM != 0;
 #define LVMFAST_BJORCK_SWIZZLE 0
 #endif
 constexpr bool kSwizzle = LVMFAST_BJORCK_SWIZZLE != 0;
+// 4 (benchmarks/gpu_kernels.sh's bjpad, off by default until timed): the same bank conflicts
+// removed with affine addresses instead. The D x M buffers' rows are M + 4 elements apart (where
+// padded(): M % 32 == 0, D % 16 == 0), so row r + 1 starts 4 banks after row r; the Gram
+// products split K over blocks of 4 rows (split s takes rows 4 s .. 4 s + 3, then 4 (s + splits)
+// ..., so that its two splits read rows 4 apart: 16 banks apart) and an update's tile holds rows
+// t, t + D / 4, t + D / 2, t + 3 D / 4 (a warp's tiles then read 4 consecutive rows, 4 banks
+// apart, where rows 4 apart hold the same banks again). By benchmarks/kernels/bjorck_banks.py,
+// 768 wavefronts a step like the swizzle, where the swizzle's XOR costs about 10 integer
+// instructions a row of the Gram product's loop (its PTX: 125 instructions for 64 FMAs against
+// 90 without it) and these offsets fold into the loads. 12.5% more shared memory (8 forward
+// blocks an SM still fit); the Gram products sum K in another order (other bits than the
+// default's, the same in forward, backward and replays).
+#ifndef LVMFAST_BJORCK_PAD
+#define LVMFAST_BJORCK_PAD 0
+#endif
+constexpr int kPad = LVMFAST_BJORCK_PAD;
+static_assert(kPad == 0 || (kPad % 4 == 0 && !kSwizzle),
+              "rows must stay 16-byte aligned for the quad loads; pad or swizzle, not both");
 constexpr int kForwardThreads = 128;
 constexpr int kBackwardThreads = LVMFAST_BJORCK_BACKWARD_THREADS;
 static_assert(kBackwardThreads >= kForwardThreads && kBackwardThreads % 32 == 0,
@@ -161,15 +179,35 @@ __device__ __forceinline__ bool swizzled(int D, int M) {
 __device__ __forceinline__ int chunk_xor(int r) {
   return ((r & 1) << 2) | ((r >> 2) & 3);
 }
-// Where element (r, c) of a D x M buffer lives: a quad (c % 4 == 0) or a pair stays contiguous.
-__device__ __forceinline__ int at(int r, int c, int M, bool swz) {
-  return r * M + (swz ? c ^ (chunk_xor(r) << 2) : c);
+// Whether the D x M buffers are padded (kPad): rows 32 banks wide (M % 32 == 0), every product
+// on its quad path and the Gram's row blocks whole for up to 4 splits (D % 16 == 0).
+__host__ __device__ __forceinline__ bool padded(int64_t D, int64_t M) {
+  return kPad > 0 && M % 32 == 0 && D % 16 == 0;
 }
-// The buffer index of element i of a row-major D x M matrix.
-__device__ __forceinline__ int buffer_index(int i, int M, bool swz) {
-  if (!swz) return i;
-  const int r = i / M;
-  return at(r, i - r * M, M, true);
+// Row stride of the D x M buffers, in shared memory and in the workspace (kept iterates too).
+__host__ __device__ __forceinline__ int64_t buffer_ld(int64_t D, int64_t M) {
+  return padded(D, M) ? M + kPad : M;
+}
+
+// Where a D x M buffer keeps element (r, c): rows ld apart, each row's chunks permuted when swz.
+struct Layout {
+  int ld;
+  bool swz;
+  // a quad (c % 4 == 0) or a pair stays contiguous
+  __device__ __forceinline__ int at(int r, int c) const {
+    return r * ld + (swz ? c ^ (chunk_xor(r) << 2) : c);
+  }
+  // element i of a row-major matrix of M columns
+  __device__ __forceinline__ int index(int i, int M) const {
+    if (!swz && (kPad == 0 || ld == M)) return i;
+    const int r = i / M;
+    return at(r, i - r * M);
+  }
+  // the padded layout's placement of the products' rows (kPad)
+  __device__ __forceinline__ bool row_blocks(int M) const { return kPad > 0 && ld != M; }
+};
+__device__ __forceinline__ Layout layout_of(int D, int M) {
+  return {static_cast<int>(buffer_ld(D, M)), swizzled(D, M)};
 }
 
 // Indices within one matrix (< D M or M M) are 32-bit: the launchers refuse larger matrices.
@@ -265,25 +303,40 @@ __device__ __forceinline__ void for_each_quad_tile(int rows, int cols, int split
   }
 }
 
+// c += a b^T for one row of X and Y.
+template <typename acc_t>
+__device__ __forceinline__ void fma_quads(acc_t (&c)[4][4], const Quad<acc_t>& a,
+                                          const Quad<acc_t>& b) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) c[i][j] += a.v[i] * b.v[j];
+}
+
 // gemm_tn's fast path: C (M x M) = X^T Y with 4 x 4 tiles; split s of a tile takes the rows
-// d = s, s + splits, ... kUpper (a Gram product, X = Y): only the 2 x 2 blocks of tiles on or
-// above the diagonal, those above the diagonal blocks also stored transposed; each tile rounds as
-// in the full product, whose lower tiles round exactly as the upper ones (x y = y x).
+// d = s, s + splits, ... (padded: the blocks of 4 rows from 4 s, 4 (s + splits), ...). kUpper (a
+// Gram product, X = Y): only the 2 x 2 blocks of tiles on or above the diagonal, those above the
+// diagonal blocks also stored transposed; each tile rounds as in the full product, whose lower
+// tiles round exactly as the upper ones (x y = y x).
 template <bool kUpper, typename acc_t>
 __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
-                              int split_threads, bool swz) {
+                              int split_threads, Layout L) {
   for_each_quad_tile<kUpper, acc_t>(
       M, M, split_threads,
       [&](acc_t (&c)[4][4], int i0, int j0, int s, int splits) {
-#pragma unroll 4
-        for (int d = s; d < D; d += splits) {
-          const Quad<acc_t> a = load_quad(X + at(d, i0, M, swz));
-          const Quad<acc_t> b = load_quad(Y + at(d, j0, M, swz));
+        if (L.row_blocks(M)) {  // D % 16 == 0: whole blocks for every split
+          for (int d = 4 * s; d < D; d += 4 * splits) {
+            const acc_t* x = X + d * L.ld + i0;
+            const acc_t* y = Y + d * L.ld + j0;
 #pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) c[i][j] += a.v[i] * b.v[j];
+            for (int e = 0; e < 4; ++e)
+              fma_quads(c, load_quad(x + e * L.ld), load_quad(y + e * L.ld));
+          }
+          return;
         }
+#pragma unroll 4
+        for (int d = s; d < D; d += splits)
+          fma_quads(c, load_quad(X + L.at(d, i0)), load_quad(Y + L.at(d, j0)));
       },
       [&](const acc_t (&c)[4][4], int i0, int j0) {
 #pragma unroll
@@ -299,11 +352,15 @@ __device__ void gemm_tn_quads(acc_t* C, const acc_t* X, const acc_t* Y, int D, i
 
 // gemm_nn's fast path: C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z with 4 x 4 tiles, two steps of
 // k at a time (X's pairs along its rows, Y's quads along two rows); split s of a tile takes the
-// pairs k = 2 s, 2 (s + splits), ...
+// pairs k = 2 s, 2 (s + splits), ... Tile row t holds rows 4 t .. 4 t + 3, or (padded) rows
+// t + i D / 4, i < 4: the same sums, each by another thread.
 template <typename acc_t>
 __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                               const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D,
-                              int M, int split_threads, bool swz) {
+                              int M, int split_threads, Layout L) {
+  const bool strided = L.row_blocks(M);
+  // row i of the tile whose first row for_each_quad_tile names r0 (= 4 t)
+  auto row = [&](int r0, int i) { return strided ? (r0 >> 2) + i * (D >> 2) : r0 + i; };
   for_each_quad_tile<false, acc_t>(
       D, M, split_threads,
       [&](acc_t (&c)[4][4], int r0, int c0, int s, int splits) {
@@ -315,7 +372,7 @@ __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const 
             const Quad<acc_t> y0 = load_quad(Y + k * M), y1 = load_quad(Y + (k + 1) * M);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-              const auto x = load_pair(X + at(r0 + i, k, M, swz));
+              const auto x = load_pair(X + L.at(row(r0, i), k));
 #pragma unroll
               for (int j = 0; j < 4; ++j) c[i][j] = x.y * y1.v[j] + (x.x * y0.v[j] + c[i][j]);
             }
@@ -325,22 +382,22 @@ __device__ void gemm_nn_quads(acc_t* C, const acc_t* X1, const acc_t* Y1, const 
       [&](const acc_t (&c)[4][4], int r0, int c0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const Quad<acc_t> z = load_quad(Z + at(r0 + i, c0, M, swz));
+          const Quad<acc_t> z = load_quad(Z + L.at(row(r0, i), c0));
           acc_t out[4];
 #pragma unroll
           for (int j = 0; j < 4; ++j) out[j] = alpha * c[i][j] + beta * z.v[j];
-          store_quad(C + at(r0 + i, c0, M, swz), out);
+          store_quad(C + L.at(row(r0, i), c0), out);
         }
       });
 }
 
-// C (M x M) = X^T Y for X, Y (D x M) row-major (swizzled, see at(), only where M % 32 == 0: the
-// quad path); 2 x 2 outputs per thread. Paired loads when M is even (every row then starts on a
+// C (M x M) = X^T Y for X, Y (D x M) buffers (laid out by L, plain but on the quad path); 2 x 2
+// outputs per thread. Paired loads when M is even (every row then starts on a
 // pair boundary). split_threads: see split_bits_for.
 template <typename acc_t>
 __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
-                        int split_threads, bool swz) {
-  if (M % 8 == 0) return gemm_tn_quads<false>(C, X, Y, D, M, split_threads, swz);
+                        int split_threads, Layout L) {
+  if (M % 8 == 0) return gemm_tn_quads<false>(C, X, Y, D, M, split_threads, L);
   const int tiles = (M + 1) / 2;
   for (TileWalk w(tiles, blockDim.x); w.row < tiles; w.next()) {
     const int i0 = 2 * w.row, j0 = 2 * w.col;
@@ -371,9 +428,9 @@ __device__ void gemm_tn(acc_t* C, const acc_t* X, const acc_t* Y, int D, int M,
 // A (M x M) = X^T X for X (D x M) row-major: gemm_tn_quads' upper blocks (kSymmetricGram), else
 // gemm_tn.
 template <typename acc_t>
-__device__ void gram(acc_t* A, const acc_t* X, int D, int M, int split_threads, bool swz) {
-  if (kSymmetricGram && M % 8 == 0) return gemm_tn_quads<true>(A, X, X, D, M, split_threads, swz);
-  gemm_tn(A, X, X, D, M, split_threads, swz);
+__device__ void gram(acc_t* A, const acc_t* X, int D, int M, int split_threads, Layout L) {
+  if (kSymmetricGram && M % 8 == 0) return gemm_tn_quads<true>(A, X, X, D, M, split_threads, L);
+  gemm_tn(A, X, X, D, M, split_threads, L);
 }
 
 // C (D x M) = alpha (X1 Y1 + X2 Y2) + beta Z, X (D x M), Y (M x M); X2 may be null. Paired loads
@@ -381,9 +438,9 @@ __device__ void gram(acc_t* A, const acc_t* X, int D, int M, int split_threads, 
 template <typename acc_t>
 __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t* X2,
                         const acc_t* Y2, const acc_t* Z, acc_t alpha, acc_t beta, int D, int M,
-                        int split_threads, bool swz) {
+                        int split_threads, Layout L) {
   if (D % 8 == 0 && M % 8 == 0)
-    return gemm_nn_quads(C, X1, Y1, X2, Y2, Z, alpha, beta, D, M, split_threads, swz);
+    return gemm_nn_quads(C, X1, Y1, X2, Y2, Z, alpha, beta, D, M, split_threads, L);
   const int rt = (D + 1) / 2, ct = (M + 1) / 2;
   for (TileWalk w(ct, blockDim.x); w.row < rt; w.next()) {
     const int r0 = 2 * w.row, c0 = 2 * w.col;
@@ -416,8 +473,9 @@ __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t*
   }
 }
 
-// The backward's kept iterates in its workspace slice: slot i of `slots` holds Q (q + i D M) and
-// A (a + i M M); `run` says which step of the current run goes where (orthogonal_checkpoints.cuh).
+// The backward's kept iterates in its workspace slice: slot i of `slots` holds Q (q + i D ld, in
+// the buffers' layout, ld = buffer_ld) and A (a + i M M); `run` says which step of the current
+// run goes where (orthogonal_checkpoints.cuh).
 template <typename acc_t>
 struct Keep {
   acc_t* q;
@@ -427,26 +485,26 @@ struct Keep {
   __device__ __forceinline__ int64_t slot(int64_t j) const { return run.kept_slot(j, slots); }
 };
 
-// Runs up to `steps` steps from the matrix already loaded into qs[0]; qs[0], qs[1] (D x M each)
-// alternate and as holds A. test: stop at the first step whose ||A - I||_F <= tol (the forward;
-// returns the step count k, the result is in qs + (k % 2) D M); else run exactly `steps` Gram
-// products and steps - 1 updates (a replay of steps taken before). keep (may be null): the steps
-// to copy out to the workspace. The same function serves forward, backward and replays, so all
-// take the same steps with the same rounding: its arithmetic is that of kForwardThreads threads
-// whatever the block (products split as for them, the norm summed from their partial sums;
-// other threads add zeros), since in float32 the stopping test sits at the rounding floor and
-// the backward's larger block would otherwise round the norm differently and stop at another
-// step.
+// Runs up to `steps` steps from the matrix already loaded into qs[0]; qs[0], qs[1] (D x M buffers,
+// D ld elements each) alternate and as holds A. test: stop at the first step whose
+// ||A - I||_F <= tol (the forward; returns the step count k, the result is in qs + (k % 2) D ld);
+// else run exactly `steps` Gram products and steps - 1 updates (a replay of steps taken before).
+// keep (may be null): the steps to copy out to the workspace. The same function serves forward,
+// backward and replays, so all take the same steps with the same rounding: its arithmetic is
+// that of kForwardThreads threads whatever the block (products split as for them, the norm
+// summed from their partial sums; other threads add zeros), since in float32 the stopping test
+// sits at the rounding floor and the backward's larger block would otherwise round the norm
+// differently and stop at another step.
 template <typename acc_t>
 __device__ int64_t run_steps(acc_t* qs, acc_t* as, int D, int M, int64_t steps, acc_t tol2,
                              bool test, const Keep<acc_t>* keep, acc_t* red) {
-  const int DM = D * M, MM = M * M;
-  const bool swz = swizzled(D, M);
+  const Layout L = layout_of(D, M);
+  const int BE = D * L.ld, MM = M * M;  // BE: a buffer's elements, padding included
   int64_t k = 0;
   for (; k < steps; ++k) {
-    const acc_t* q = qs + ((k & 1) ? DM : 0);
-    acc_t* qn = qs + ((k & 1) ? 0 : DM);
-    gram(as, q, D, M, kForwardThreads, swz);
+    const acc_t* q = qs + ((k & 1) ? BE : 0);
+    acc_t* qn = qs + ((k & 1) ? 0 : BE);
+    gram(as, q, D, M, kForwardThreads, L);
     __syncthreads();
     if (test) {
       acc_t e2 = 0;
@@ -462,14 +520,14 @@ __device__ int64_t run_steps(acc_t* qs, acc_t* as, int D, int M, int64_t steps, 
     }
     const int64_t slot = keep != nullptr ? keep->slot(k) : -1;
     if (slot >= 0) {  // reads what gemm_nn reads; the barrier below orders the reuse
-      acc_t* kq = keep->q + slot * DM;  // 64-bit offsets: the workspace spans many matrices
+      acc_t* kq = keep->q + slot * BE;  // 64-bit offsets: the workspace spans many matrices
       acc_t* ka = keep->a + slot * MM;
-      for (int i = threadIdx.x; i < DM; i += blockDim.x) kq[i] = q[i];
+      for (int i = threadIdx.x; i < BE; i += blockDim.x) kq[i] = q[i];
       for (int i = threadIdx.x; i < MM; i += blockDim.x) ka[i] = as[i];
     }
     if (!test && k + 1 == steps) break;
     gemm_nn(qn, q, as, static_cast<const acc_t*>(nullptr), static_cast<const acc_t*>(nullptr), q,
-            acc_t(-0.5), acc_t(1.5), D, M, kForwardThreads, swz);
+            acc_t(-0.5), acc_t(1.5), D, M, kForwardThreads, L);
     __syncthreads();
   }
   __syncthreads();  // a replay's last copies read qs and as, which the caller overwrites next
@@ -477,13 +535,13 @@ __device__ int64_t run_steps(acc_t* qs, acc_t* as, int D, int M, int64_t steps, 
 }
 
 // dst[0, n) = src[0, n) by the whole block: each thread issues kCopyBatch loads before storing
-// any, so that a copy waits out about one memory latency per batch, not one per element. swz: src
-// is a row-major matrix of M columns and dst a D x M buffer (buffer_index).
+// any, so that a copy waits out about one memory latency per batch, not one per element. With a
+// layout L, src is a row-major matrix of M columns and dst a D x M buffer (L.index).
 constexpr int kCopyBatch = 8;
 
 template <typename dst_t, typename src_t>
 __device__ __forceinline__ void block_copy(dst_t* dst, const src_t* src, int n, int M = 0,
-                                           bool swz = false) {
+                                           Layout L = Layout{0, false}) {
   const int nt = blockDim.x;
   for (int base = threadIdx.x; base < n; base += kCopyBatch * nt) {
     dst_t v[kCopyBatch];
@@ -495,23 +553,23 @@ __device__ __forceinline__ void block_copy(dst_t* dst, const src_t* src, int n, 
 #pragma unroll
     for (int u = 0; u < kCopyBatch; ++u) {
       const int i = base + u * nt;
-      if (i < n) dst[buffer_index(i, M, swz)] = v[u];
+      if (i < n) dst[L.index(i, M)] = v[u];
     }
   }
 }
 
-// A row-major D x M matrix into a D x M buffer and back (swizzled or not, by swizzled(D, M)).
+// A row-major D x M matrix into a D x M buffer and back (laid out by layout_of(D, M)).
 template <typename scalar_t, typename acc_t>
 __device__ void load_matrix(const scalar_t* src, acc_t* dst, int D, int M) {
-  block_copy(dst, src, D * M, M, swizzled(D, M));
+  block_copy(dst, src, D * M, M, layout_of(D, M));
   __syncthreads();
 }
 
 template <typename scalar_t, typename acc_t>
 __device__ void store_matrix(const acc_t* src, scalar_t* dst, int D, int M) {
-  const bool swz = swizzled(D, M);
+  const Layout L = layout_of(D, M);
   for (int i = threadIdx.x; i < D * M; i += blockDim.x)
-    dst[i] = from_acc<scalar_t>(src[buffer_index(i, M, swz)]);
+    dst[i] = from_acc<scalar_t>(src[L.index(i, M)]);
   __syncthreads();
 }
 
@@ -524,14 +582,14 @@ __global__ void __launch_bounds__(kForwardThreads) forward_kernel(const scalar_t
                                                            acc_t tol2, acc_t* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];  // paired loads need 16 B
   __shared__ acc_t red[32];
-  const int64_t DM = int64_t(D) * M;
+  const int64_t DM = int64_t(D) * M, BE = D * buffer_ld(D, M);  // BE: a buffer's elements
   acc_t* buf = kShared ? reinterpret_cast<acc_t*>(smem_raw)
-                       : workspace + blockIdx.x * (2 * DM + int64_t(M) * M);
+                       : workspace + blockIdx.x * (2 * BE + int64_t(M) * M);
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
     load_matrix(q + m * DM, buf, D, M);
-    const int64_t k = run_steps(buf, buf + 2 * DM, D, M, max_steps, tol2, true,
+    const int64_t k = run_steps(buf, buf + 2 * BE, D, M, max_steps, tol2, true,
                                 static_cast<const Keep<acc_t>*>(nullptr), red);
-    store_matrix(buf + ((k & 1) ? DM : 0), out + m * DM, D, M);
+    store_matrix(buf + ((k & 1) ? BE : 0), out + m * DM, D, M);
   }
 }
 
@@ -541,11 +599,11 @@ __global__ void __launch_bounds__(kForwardThreads) forward_kernel(const scalar_t
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void replay(const scalar_t* q0, Keep<acc_t>* keep, acc_t* qs, acc_t* as,
                                        int D, int M, acc_t tol2, const BjorckReplay& r, acc_t* red) {
-  const int dm = D * M;
+  const int be = D * static_cast<int>(buffer_ld(D, M));  // a buffer's elements
   if (r.source < 0)
-    block_copy(qs, q0, dm, M, swizzled(D, M));
-  else
-    block_copy(qs, keep->q + r.source * dm, dm);  // kept in the buffers' layout
+    block_copy(qs, q0, D * M, M, layout_of(D, M));
+  else  // kept in the buffers' layout
+    block_copy(qs, keep->q + r.source * be, be);
   if (threadIdx.x == 0) keep->run = r;
   __syncthreads();
   run_steps(qs, as, D, M, r.steps, tol2, false, keep, red);
@@ -555,7 +613,7 @@ __device__ __forceinline__ void replay(const scalar_t* q0, Keep<acc_t>* keep, ac
 // S + S^T and, with kPrefetch, a second A (the walk back loads step j - 1's Q and A while it
 // computes step j). In shared memory when they fit, else in the block's workspace slice.
 __host__ __device__ inline int64_t backward_buffer_elements(int64_t D, int64_t M) {
-  return 4 * D * M + (kPrefetch ? 4 : 3) * M * M;
+  return 4 * D * buffer_ld(D, M) + (kPrefetch ? 4 : 3) * M * M;
 }
 
 // One step of the walk back through Q_{j+1} = 1.5 Q_j - 0.5 Q_j A_j, from Q_j (q) and A_j (a):
@@ -564,42 +622,46 @@ template <typename acc_t>
 __device__ __forceinline__ void backward_step(const acc_t* q, const acc_t* a, const acc_t* g,
                                               acc_t* gn, acc_t* s, acc_t* ssym, int D, int M) {
   const int mm = M * M;
-  const bool swz = swizzled(D, M);
-  gemm_tn(s, q, g, D, M, blockDim.x, swz);  // S = Q_j^T G
+  const Layout L = layout_of(D, M);
+  gemm_tn(s, q, g, D, M, blockDim.x, L);  // S = Q_j^T G
   __syncthreads();
   TileWalk rc(M, blockDim.x);  // (row, col) of element i of S
   for (int i = threadIdx.x; i < mm; i += blockDim.x, rc.next()) ssym[i] = s[i] + s[rc.col * M + rc.row];
   __syncthreads();
-  gemm_nn(gn, g, a, q, ssym, g, acc_t(-0.5), acc_t(1.5), D, M, blockDim.x, swz);
+  gemm_nn(gn, g, a, q, ssym, g, acc_t(-0.5), acc_t(1.5), D, M, blockDim.x, L);
   __syncthreads();
 }
 
+// The padded build's shared-memory backward spilled 32 bytes at the 80 registers ptxas chose for
+// it unbounded (CUDA 13.0, sm_90); bounded to the kBlocksPerSm it runs at, it takes 101 and
+// spills nothing. A minimum of 0 is no bound: the other builds' PTX is unchanged.
 template <typename scalar_t, typename acc_t, bool kShared>
-__global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
-    const scalar_t* __restrict__ grad, const scalar_t* __restrict__ q,
-    scalar_t* __restrict__ grad_q, int64_t N, int D, int M, int64_t max_steps,
-    acc_t tol2, acc_t* workspace) {
+__global__ void __launch_bounds__(kBackwardThreads, kShared && kPad > 0 ? kBlocksPerSm : 0)
+    backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ q,
+                    scalar_t* __restrict__ grad_q, int64_t N, int D, int M, int64_t max_steps,
+                    acc_t tol2, acc_t* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];  // paired loads need 16 B
   __shared__ acc_t red[32];
   // Block-uniform, in shared memory rather than in every thread's registers: which steps are kept
   // and the schedule of the walk back (orthogonal_checkpoints.cuh).
   __shared__ Keep<acc_t> keep;
   __shared__ BjorckCheckpoints plan;
-  const int64_t DM = int64_t(D) * M, MM = int64_t(M) * M;  // 64-bit: workspace offsets
+  // 64-bit: workspace offsets. DM: a matrix's elements; BE: a D x M buffer's, padding included
+  const int64_t DM = int64_t(D) * M, MM = int64_t(M) * M, BE = D * buffer_ld(D, M);
   const int64_t slots = bjorck_slots(max_steps);
-  acc_t* keep_q = workspace + blockIdx.x * (slots * (DM + MM) +
+  acc_t* keep_q = workspace + blockIdx.x * (slots * (BE + MM) +
                                             (kShared ? 0 : backward_buffer_elements(D, M)));
-  acc_t* keep_a = keep_q + slots * DM;
+  acc_t* keep_a = keep_q + slots * BE;
   acc_t* qs = kShared ? reinterpret_cast<acc_t*>(smem_raw) : keep_a + slots * MM;
-  acc_t* as = qs + 2 * DM;
+  acc_t* as = qs + 2 * BE;
   acc_t* g = as + MM;
-  acc_t* gn = g + DM;
-  acc_t* s = gn + DM;
+  acc_t* gn = g + BE;
+  acc_t* s = gn + BE;
   acc_t* ssym = s + MM;
   acc_t* as2 = ssym + MM;
-  const int dm = D * M, mm = M * M;  // within one matrix
+  const int be = static_cast<int>(BE), mm = M * M;  // within one matrix
   for (int64_t m = blockIdx.x; m < N; m += gridDim.x) {
-    block_copy(qs, q + m * DM, dm, M, swizzled(D, M));
+    block_copy(qs, q + m * DM, D * M, M, layout_of(D, M));
     if (threadIdx.x == 0) keep = {keep_q, keep_a, slots, bjorck_rerun(max_steps)};
     __syncthreads();
     const int64_t k = run_steps(qs, as, D, M, max_steps, tol2, true, &keep, red);
@@ -610,12 +672,12 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
       // Q_{j-1} and A_{j-1} land in the other pair of buffers while step j computes, so the
       // workspace's latency hides behind the products (asynchronous copies on sm_80+).
       auto prefetch = [&](acc_t* q_dst, acc_t* a_dst, int64_t j) {
-        const acc_t* q_src = keep_q + j * DM;
+        const acc_t* q_src = keep_q + j * BE;
         const acc_t* a_src = keep_a + j * MM;
-        for (int i = threadIdx.x; i < dm; i += blockDim.x) copy_async(q_dst + i, q_src + i);
+        for (int i = threadIdx.x; i < be; i += blockDim.x) copy_async(q_dst + i, q_src + i);
         for (int i = threadIdx.x; i < mm; i += blockDim.x) copy_async(a_dst + i, a_src + i);
       };
-      acc_t *q_cur = qs, *a_cur = as, *q_next = qs + DM, *a_next = as2;
+      acc_t *q_cur = qs, *a_cur = as, *q_next = qs + BE, *a_next = as2;
       if (k > 0) prefetch(q_cur, a_cur, k - 1);
       for (int64_t j = k - 1; j >= 0; --j) {
         wait_async_copies();
@@ -635,7 +697,7 @@ __global__ void __launch_bounds__(kBackwardThreads) backward_kernel(
         if (plan.step_replay(j, &r)) replay(q + m * DM, &keep, qs, as, D, M, tol2, r, red);
         // Q_j and A_j back from the workspace (the barrier after the copies makes them visible)
         const int64_t slot = plan.slot(j);
-        block_copy(qs, keep_q + slot * DM, dm);
+        block_copy(qs, keep_q + slot * BE, be);
         block_copy(as, keep_a + slot * MM, mm);
         __syncthreads();
         backward_step(qs, as, g, gn, s, ssym, D, M);
@@ -655,11 +717,11 @@ int blocks_for(int64_t N, int per_sm, int num_sms) {
 }
 
 bool int_indices_fit(int64_t D, int64_t M) {
-  return D * M <= kMaxMatrixElements && M * M <= kMaxMatrixElements;
+  return D * buffer_ld(D, M) <= kMaxMatrixElements && M * M <= kMaxMatrixElements;
 }
 
 size_t forward_smem(int64_t D, int64_t M, size_t acc_size) {
-  return static_cast<size_t>(2 * D * M + M * M) * acc_size;
+  return static_cast<size_t>(2 * D * buffer_ld(D, M) + M * M) * acc_size;
 }
 
 }  // namespace
@@ -674,14 +736,16 @@ int bjorck_forward_blocks(int64_t N, int64_t D, int64_t M, size_t acc_size,
 
 int64_t bjorck_forward_workspace(int64_t D, int64_t M, int blocks, size_t acc_size,
                                  size_t max_smem_bytes) {
-  return forward_smem(D, M, acc_size) <= max_smem_bytes ? 0 : blocks * (2 * D * M + M * M);
+  return forward_smem(D, M, acc_size) <= max_smem_bytes ? 0
+                                                       : blocks * (2 * D * buffer_ld(D, M) + M * M);
 }
 
 int64_t bjorck_backward_workspace(int64_t D, int64_t M, int64_t max_steps, int blocks,
                                   size_t acc_size, size_t max_smem_bytes) {
   const int64_t slots = bjorck_slots(max_steps);
   const bool shared = size_t(backward_buffer_elements(D, M)) * acc_size <= max_smem_bytes;
-  return blocks * (slots * (D * M + M * M) + (shared ? 0 : backward_buffer_elements(D, M)));
+  return blocks * (slots * (D * buffer_ld(D, M) + M * M) +
+                  (shared ? 0 : backward_buffer_elements(D, M)));
 }
 
 template <typename scalar_t, typename acc_t>

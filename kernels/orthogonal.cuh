@@ -26,10 +26,12 @@ int bjorck_forward_blocks(int64_t N, int64_t D, int64_t M, size_t acc_size,
                           size_t max_smem_bytes, int num_sms);
 
 // acc_t elements of global workspace. Forward: 0 when Q, Q' and A fit in shared memory
-// (max_smem_bytes: the device's opt-in limit per block), else per block 2 D M + M M.
-// Backward: per block bjorck_slots(max_steps) (D M + M M), at most 33 of them however large
+// (max_smem_bytes: the device's opt-in limit per block), else per block 2 D ld + M M.
+// Backward: per block bjorck_slots(max_steps) (D ld + M M), at most 33 of them however large
 // max_steps (the kept iterates of the block's current matrix, orthogonal_checkpoints.cuh; not
-// per matrix), plus 4 D M + 3 M M of working buffers when those do not fit in shared memory.
+// per matrix), plus 4 D ld + 4 M M (3 M M without the prefetch) of working buffers when those do
+// not fit in shared memory.
+// ld: the D x M buffers' row stride, M (M + 4 in a build with -DLVMFAST_BJORCK_PAD=4).
 int64_t bjorck_forward_workspace(int64_t D, int64_t M, int blocks, size_t acc_size,
                                  size_t max_smem_bytes);
 int64_t bjorck_backward_workspace(int64_t D, int64_t M, int64_t max_steps, int blocks,

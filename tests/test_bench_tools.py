@@ -241,18 +241,31 @@ def test_host_overhead_report(capsys):
 
 
 def test_bjorck_bank_model():
-    """benchmarks/kernels/bjorck_banks.py, the model behind the bjswizzle prediction: the swizzle
-    is a permutation within each row (as kernels/orthogonal.cu's at() must be), the products keep
-    their FMA counts, and their shared loads need fewer wavefronts with it."""
+    """benchmarks/kernels/bjorck_banks.py, the model behind the bjswizzle and bjpad predictions:
+    the swizzle is a permutation within each row (as kernels/orthogonal.cu's at() must be), the
+    padded layout keeps rows apart, the padded placements visit every row once (the Gram's K
+    split, the update's tile rows), the products keep their FMA counts, and their shared loads
+    need fewer wavefronts with either layout."""
     spec = importlib.util.spec_from_file_location("bjorck_banks", _FLOORS.parent / "kernels" / "bjorck_banks.py")
     model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(model)
     D, M = 64, 32
-    places = [model.at(r, c, M, True) for r in range(D) for c in range(M)]
+    places = [model.at(r, c, M, "swizzled") for r in range(D) for c in range(M)]
     assert sorted(places) == list(range(D * M))
-    assert all(r * M <= model.at(r, c, M, True) < (r + 1) * M for r in range(D) for c in range(M))
-    for plain, swizzled in ((model.gemm_nn(D, M, False), model.gemm_nn(D, M, True)),
-                            (model.gemm_tn(D, M, False, True), model.gemm_tn(D, M, True, True))):
-        assert plain[0] == swizzled[0] and plain[1] > swizzled[1]
+    assert all(r * M <= model.at(r, c, M, "swizzled") < (r + 1) * M
+               for r in range(D) for c in range(M))
+    padded = [model.at(r, c, M, "padded") for r in range(D) for c in range(M)]
+    assert len(set(padded)) == D * M and max(padded) < D * (M + model.PAD)
+    for splits in (1, 2, 4):
+        rows = [model.k_row(s, splits, it, "padded")
+                for s in range(splits) for it in range(D // splits)]
+        assert sorted(rows) == list(range(D))
+    rows = sorted(model.tile_row(t, i, D, "padded") for t in range(D // 4) for i in range(4))
+    assert rows == list(range(D))
+    plain = (model.gemm_nn(D, M, "plain"), model.gemm_tn(D, M, "plain", True))
+    for layout in ("swizzled", "padded"):
+        other = (model.gemm_nn(D, M, layout), model.gemm_tn(D, M, layout, True))
+        for p, o in zip(plain, other):
+            assert p[0] == o[0] and p[1] > o[1]
     assert model.main() == 0
 

@@ -1,8 +1,10 @@
 """A model of the Björck CUDA kernels' shared-memory loads (kernels/orthogonal.cu, 64 x 32 float,
 128 threads): for each warp instruction of the products, the wavefronts it needs (the most
 distinct 4-byte words any one bank serves; one word to many lanes is a broadcast), with the
-buffers' rows plain or swizzled (LVMFAST_BJORCK_SWIZZLE: chunk_xor). The tile placement copies
-QuadTile and split_bits_for; a change there must be made here too.
+buffers' rows plain, swizzled (LVMFAST_BJORCK_SWIZZLE: chunk_xor) or padded (LVMFAST_BJORCK_PAD=4:
+rows M + 4 apart, the Gram products' K split over blocks of 4 rows, an update tile's rows D / 4
+apart). The tile placement copies QuadTile and split_bits_for; a change there must be made here
+too.
 
     python benchmarks/kernels/bjorck_banks.py
 
@@ -16,8 +18,26 @@ def chunk_xor(r: int) -> int:
     return ((r & 1) << 2) | ((r >> 2) & 3)
 
 
-def at(r: int, c: int, M: int, swz: bool) -> int:
-    return r * M + ((c ^ (chunk_xor(r) << 2)) if swz else c)
+LAYOUTS = ("plain", "swizzled", "padded")
+PAD = 4
+
+
+def at(r: int, c: int, M: int, layout: str) -> int:
+    if layout == "padded":
+        return r * (M + PAD) + c
+    return r * M + ((c ^ (chunk_xor(r) << 2)) if layout == "swizzled" else c)
+
+
+def k_row(s: int, splits: int, it: int, layout: str) -> int:
+    """Row of X that split s reads at its it-th step of a Gram product (gemm_tn_quads)."""
+    if layout == "padded":  # blocks of 4 rows: 4 s .. 4 s + 3, then 4 (s + splits) ...
+        return 4 * (s + splits * (it // 4)) + it % 4
+    return s + splits * it
+
+
+def tile_row(t: int, i: int, D: int, layout: str) -> int:
+    """Row i of an update tile in tile row t (gemm_nn_quads)."""
+    return t + i * (D // 4) if layout == "padded" else 4 * t + i
 
 
 def split_bits_for(tiles: int, threads: int) -> int:
@@ -46,7 +66,7 @@ def wavefronts(words: list[int]) -> int:
     return max(len(v) for v in banks.values())
 
 
-def gemm_tn(D: int, M: int, swz: bool, upper: bool, threads: int = 128) -> tuple[int, int]:
+def gemm_tn(D: int, M: int, layout: str, upper: bool, threads: int = 128) -> tuple[int, int]:
     """(warp FMA instructions, wavefronts) of C = X^T Y (the Gram product when upper)."""
     tiles = (M // 4) ** 2
     split_bits = split_bits_for(tiles, threads)
@@ -63,14 +83,14 @@ def gemm_tn(D: int, M: int, swz: bool, upper: bool, threads: int = 128) -> tuple
                 words = []
                 for w in lanes:
                     row, col = quad_tile(w, M // 4, split_bits, upper)
-                    d = ((w >> 2) & (splits - 1)) + splits * it  # the lane's K split
-                    base = at(d, 4 * (col if operand else row), M, swz)
+                    d = k_row((w >> 2) & (splits - 1), splits, it, layout)  # the lane's K split
+                    base = at(d, 4 * (col if operand else row), M, layout)
                     words += [base + e for e in range(4)]
                 waves += wavefronts(words)
     return fma, waves
 
 
-def gemm_nn(D: int, M: int, swz: bool, threads: int = 128) -> tuple[int, int]:
+def gemm_nn(D: int, M: int, layout: str, threads: int = 128) -> tuple[int, int]:
     """(warp FMA instructions, wavefronts) of one pass C = alpha X Y + beta Z, Y = A (M x M,
     plain), with its epilogue's Z loads and C stores."""
     tiles = (D // 4) * (M // 4)
@@ -83,21 +103,21 @@ def gemm_nn(D: int, M: int, swz: bool, threads: int = 128) -> tuple[int, int]:
             for kk in (k, k + 1):
                 waves += wavefronts([kk * M + 4 * col + e for _, col in place for e in range(4)])
             for i in range(4):
-                waves += wavefronts([at(4 * row + i, k, M, swz) + e
+                waves += wavefronts([at(tile_row(row, i, D, layout), k, M, layout) + e
                                      for row, _ in place for e in (0, 1)])
         for i in range(4):
-            waves += 2 * wavefronts([at(4 * row + i, 4 * col, M, swz) + e for row, col in place
-                                     for e in range(4)])
+            waves += 2 * wavefronts([at(tile_row(row, i, D, layout), 4 * col, M, layout) + e
+                                     for row, col in place for e in range(4)])
     return fma, waves
 
 
 def main() -> int:
     D, M = 64, 32
-    for swz in (False, True):
-        gram, update = gemm_tn(D, M, swz, True), gemm_nn(D, M, swz)
-        s_q_g = gemm_tn(D, M, swz, False)
+    for layout in LAYOUTS:
+        gram, update = gemm_tn(D, M, layout, True), gemm_nn(D, M, layout)
+        s_q_g = gemm_tn(D, M, layout, False)
         fma_cycles, waves = (gram[0] + update[0]) / 4, gram[1] + update[1]
-        print(f"{'swizzled' if swz else 'plain':8s}  forward step: Gram {gram[1]} wavefronts, "
+        print(f"{layout:8s}  forward step: Gram {gram[1]} wavefronts, "
               f"update {update[1]}; FMA {fma_cycles:.0f} SM cycles against {waves} wavefronts | "
               f"backward step: S = Q^T G {s_q_g[1]} wavefronts, each of G A and Q (S + S^T) "
               f"{update[1]}")
