@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine that tunes, then checks: times the Björck backward's build
+# One call on a lent GPU machine that tunes, then checks: times the Björck kernels' build
 # variants with the kernels-alone program (gpu_kernels.sh, one batch scale), picks the fastest
-# backward among the builds whose float64 check passed (the default unless a variant is at least
-# MIN_GAIN faster), builds the extension with it and runs gpu_check.sh on that build (CUDA tests,
-# then the benchmarks of FAMILIES). $OUT gets gpu_check.sh's files and kernels.tar.gz
+# forward + backward among the builds whose float64 check passed (the default unless a variant is
+# at least MIN_GAIN faster), builds the extension with it and runs gpu_check.sh on that build
+# (CUDA tests, TESTS if set, then the benchmarks of FAMILIES). $OUT gets gpu_check.sh's files and kernels.tar.gz
 # (gpu_kernels.sh's files and printout); the picked defines are in gpu.txt.
 #   bash benchmarks/gpu_tune.sh            (from the repository root)
 # KERNEL_DEADLINE_S: no ncu past it; TOTAL_S: the whole script's limit (gpu_check.sh's DEADLINE_S
@@ -18,12 +18,11 @@ BUILD=/tmp/flow-kernels
 KOUT=/tmp/flow-kernels-out
 rm -rf "$KOUT"
 mkdir -p "$KOUT"
-# The Björck backward's shapes (benchmarks/kernels/NOTES.md): the default is 4 blocks of 128
-# threads an SM (its 48 KB of shared memory with the prefetch allow no more; 40 KB without it, 5);
-# bj256x2 is the shape before 2026-11-26.
-BJ_VARIANTS="${BJ_VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;\
-bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
-bj128x5nopf:-DLVMFAST_BJORCK_BACKWARD_THREADS=128 -DLVMFAST_BJORCK_BLOCKS_PER_SM=5 -DLVMFAST_BJORCK_PREFETCH=0}"
+# The Björck buffers' layouts against shared-memory bank conflicts (benchmarks/kernels/NOTES.md,
+# sessions 12 and 13, not yet timed). The backward's block shapes were picked this way in session
+# 8 (4 blocks of 128 threads an SM); to time them again: BJ_VARIANTS="bj256x2:-DLVMFAST_BJORCK_
+# BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;bjnopf:-DLVMFAST_BJORCK_PREFETCH=0".
+BJ_VARIANTS="${BJ_VARIANTS:-bjswizzle:-DLVMFAST_BJORCK_SWIZZLE=1;bjpad:-DLVMFAST_BJORCK_PAD=4}"
 
 stamp "kernels alone: default and the Björck backward variants"
 VARIANTS="$BJ_VARIANTS" SCALES=1 BUILD="$BUILD" DEADLINE_S="${KERNEL_DEADLINE_S:-150}" OUT="$KOUT" \
@@ -32,7 +31,7 @@ echo "gpu_kernels.sh rc=$?"
 grep -E "FAILED|within tolerance|rc=" "$KOUT/kernels.txt" | head -20
 tail -16 "$KOUT/kernels.txt"
 
-# name:defines pairs -> the defines of the fastest Björck backward that passed its check
+# name:defines pairs -> the defines of the fastest Björck forward + backward that passed its check
 defines=$(python - "$BUILD" "${MIN_GAIN:-0.03}" "$BJ_VARIANTS" <<'EOF'
 import json, pathlib, sys
 build, min_gain, spec = pathlib.Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
@@ -47,12 +46,15 @@ for name in defines:
     if not (rc.exists() and rc.read_text().strip() == "0" and rows.exists()):
         print(f"{name}: no passing check or no rows", file=sys.stderr)
         continue
+    modes = {}
     for line in rows.read_text().splitlines():
         r = json.loads(line) if line.startswith("{") else {}
-        if r.get("op") == "bjorck_orthonormalize" and r.get("mode") == "bwd":
-            times[name] = r["cold_s"]
-print("Björck backward, cold us: " + ", ".join(f"{n} {t * 1e6:.1f}" for n, t in times.items()),
-      file=sys.stderr)
+        if r.get("op") == "bjorck_orthonormalize" and r.get("mode") in ("fwd", "bwd"):
+            modes[r["mode"]] = r["cold_s"]
+    if len(modes) == 2:
+        times[name] = modes["fwd"] + modes["bwd"]
+print("Björck forward + backward, cold us: "
+      + ", ".join(f"{n} {t * 1e6:.1f}" for n, t in times.items()), file=sys.stderr)
 best = min(times, key=times.get) if times else "default"
 if "default" in times and times[best] > (1 - min_gain) * times["default"]:
     best = "default"
