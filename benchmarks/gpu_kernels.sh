@@ -45,24 +45,25 @@ SCALES="${SCALES:-1,4}"
 #       cycles, swizzled 768). Bitwise the default's results. Predicted: forward 148.7 -> 105-135
 #       us, backward 453 -> 330-400 us at N = 1024, cold; ncu's shared-load bank conflicts far
 #       fewer than the default's. Conflicts that fall with the time flat: the barriers bound it.
-#       Session 13 (no GPU), from the PTX: the swizzle's XOR costs instructions in the products'
-#       loops (Gram: 125 PTX instructions for 64 FMAs against 90; update: 127 against 105), and
-#       every instruction takes an issue slot from the FMAs, so the prediction above is now its
-#       optimistic end; bjpad is the same wavefronts without the extra instructions.
+#       Session 13 (no GPU), from the SASS (cuobjdump): the swizzle's XOR costs instructions in
+#       the products' loops (Gram: 114 for 64 FFMAs against the default's 84; update: 108
+#       against 94), each an issue slot taken from the FMAs; bjpad is the same wavefronts
+#       without them.
 #  bjpad: the bank conflicts removed with affine addresses (kernels/orthogonal.cu, kPad): rows
 #       M + 4 apart, the Gram's K split over blocks of 4 rows, an update tile's rows D / 4 apart.
-#       The model: the same 768 wavefronts a step as bjswizzle; the PTX: the default's
-#       instruction counts in the loops (90 and 105 for 64 FMAs). 22.5 KB a forward block (20),
+#       The model: the same 768 wavefronts a step as bjswizzle; the SASS: about the default's
+#       instruction counts in the loops (86 and 95 for 64 FFMAs). 22.5 KB a forward block (20),
 #       8 still fit an SM; the backward takes 101 registers (bounded to its 4 blocks an SM;
 #       unbounded, ptxas spilled). The Gram sums K in another order: results within rounding
 #       of the default's, not its bits. A count of the default's step (8 blocks an SM): about
-#       6400 warp instructions a block (PTX), 6.5 us of issue at 4 a cycle, and 1664 x 8
+#       5500 warp instructions a block (SASS loops), 5.6 us of issue at 4 a cycle, and 1664 x 8
 #       wavefronts, 6.7 us: their sum is the 12.3 us a step measured (148.7 us / 12.1 Gram
-#       products), their overlap would be 6.7. Padded: issue 6.5 us, wavefronts 3.1. Predicted
-#       (cold, N = 1024): forward 148.7 -> 80-116 us (overlapped .. summed), backward 453 ->
-#       245-355 us; bjswizzle (issue about 8.2 us) forward 100-137 us, backward 305-415. ncu:
-#       shared-load bank conflicts far fewer in both than in the default. bjpad slower than
-#       bjswizzle would mean issue slots were not the limit and the padding costs more.
+#       products), their overlap would be 6.7. Padded: issue 5.7 us, wavefronts 3.1. Predicted
+#       (cold, N = 1024): forward 148.7 -> 70-106 us (overlapped .. summed), backward 453 ->
+#       210-325 us (the backward's 3.05x the forward kept); bjswizzle (issue 6.8 us) forward
+#       82-120 us, backward 250-365. ncu: shared-load bank conflicts far fewer in both than in
+#       the default, and the instruction counts above. bjpad slower than bjswizzle would mean
+#       issue slots were not the limit and the padding costs more.
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more
 #       threads a sample help) or by the loads (then the thread count does not matter). Neither:
 #       256 threads help the Householder kind only, 64 the orthogonal forward only.

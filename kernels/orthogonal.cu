@@ -99,11 +99,11 @@ constexpr bool kSwizzle = LVMFAST_BJORCK_SWIZZLE != 0;
 // ..., so that its two splits read rows 4 apart: 16 banks apart) and an update's tile holds rows
 // t, t + D / 4, t + D / 2, t + 3 D / 4 (a warp's tiles then read 4 consecutive rows, 4 banks
 // apart, where rows 4 apart hold the same banks again). By benchmarks/kernels/bjorck_banks.py,
-// 768 wavefronts a step like the swizzle, where the swizzle's XOR costs about 10 integer
-// instructions a row of the Gram product's loop (its PTX: 125 instructions for 64 FMAs against
-// 90 without it) and these offsets fold into the loads. 12.5% more shared memory (8 forward
-// blocks an SM still fit); the Gram products sum K in another order (other bits than the
-// default's, the same in forward, backward and replays).
+// 768 wavefronts a step like the swizzle, whose XOR costs issue slots where these offsets fold
+// into the loads (SASS of the float kernels, CUDA 13.0: the Gram product's loop, 64 FFMAs, has
+// 84 instructions in the default build, 114 swizzled, 86 padded; the update's 94, 108, 95).
+// 12.5% more shared memory (8 forward blocks an SM still fit); the Gram products sum K in
+// another order (other bits than the default's, the same in forward, backward and replays).
 #ifndef LVMFAST_BJORCK_PAD
 #define LVMFAST_BJORCK_PAD 0
 #endif
