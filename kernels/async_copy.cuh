@@ -25,6 +25,37 @@ __device__ __forceinline__ void copy_async(T* dst, const T* src) {
 #endif
 }
 
+// A shared-memory destination as copy_async_to takes it: on sm_80+ the 32-bit shared address,
+// converted once (shared_address) and then stepped in bytes by the caller, so that a loop of
+// copies does not convert its pointer at every element (the conversion is an S2R and a LEA).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+using SharedAddress = unsigned;
+#else
+using SharedAddress = char*;
+#endif
+template <typename T>
+__device__ __forceinline__ SharedAddress shared_address(T* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+#else
+  return reinterpret_cast<char*>(p);
+#endif
+}
+// copy_async to a destination given by shared_address (plus a byte offset).
+template <typename T>
+__device__ __forceinline__ void copy_async_to(SharedAddress dst, const T* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8 || sizeof(T) == 16,
+                "cp.async copies 4, 8 or 16 bytes");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src),
+               "n"(static_cast<int>(sizeof(T))));
+#elif defined(LVMFAST_CUDA_EMULATOR)
+  ::emu::copy_async(dst, src, sizeof(T));
+#else
+  *reinterpret_cast<T*>(dst) = *src;
+#endif
+}
+
 // Closes the copies issued since the last commit into a group (in issue order).
 __device__ __forceinline__ void commit_async_copies() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

@@ -51,7 +51,9 @@
 // Session 8 (H100): loading the triangles alone took 0.68 of the triangular forward, and
 // double-buffering was slower (fewer blocks, fewer bytes in flight). Session 11 (H100): copies
 // in three groups, each phase waiting only for its own, ran up to 16% slower than one wait, and
-// were removed.
+// were removed. Session 13 (read in the SASS, not yet run on a GPU): the staging loop spent 53
+// instructions on each pair of triangle elements, about 5 us of issue for the 8 samples of an
+// SM at B = 1024, as long as DRAM takes to serve them; stepped pointers take 17 (stage_pair).
 #include "async_copy.cuh"
 #include "convert.cuh"
 #include "launch.cuh"
@@ -308,6 +310,27 @@ __device__ __forceinline__ void stage_pair(const View<acc_t, int>& dst_a, const 
   const int n = rows * cols, dr = kThreads / cols, dc = kThreads % cols;
   int i = tid, r = tid / cols, c = tid % cols;
   if constexpr (std::is_same<scalar_t, acc_t>::value) {
+    if (dc == 0) {
+      // A thread keeps its column c (cols divides the block: M = 32, 64) and steps its rows by
+      // dr, up to the diagonal in a triangle: the same copies in the same order as the loop
+      // below, with the source pointers and shared addresses stepped instead of recomputed. In
+      // the SASS (CUDA 13.0, sm_90) that loop spent 53 instructions on each element pair (the
+      // View's index, the batch offset, the kernel's parameters reloaded, the shared window's
+      // base), so a block took longer to issue a sample's copies than DRAM took to serve them.
+      const int end = upper ? (c + 1 < rows ? c + 1 : rows) : rows;
+      if (r >= end) return;
+      SharedAddress da = shared_address(&dst_a(r, c)), db = shared_address(&dst_b(r, c));
+      const int step_a = dr * (&dst_a(1, 0) - &dst_a(0, 0)) * int(sizeof(acc_t));
+      const int step_b = dr * (&dst_b(1, 0) - &dst_b(0, 0)) * int(sizeof(acc_t));
+      const scalar_t* sa = a + i;
+      const scalar_t* sb = b + i;
+#pragma unroll 1
+      for (; r < end; r += dr, da += step_a, db += step_b, sa += dr * cols, sb += dr * cols) {
+        if (copy_a) copy_async_to(da, sa);
+        if (copy_b) copy_async_to(db, sb);
+      }
+      return;
+    }
 #pragma unroll 1
     for (; i < n; i += kThreads, r += dr, c += dc) {
       if (c >= cols) c -= cols, ++r;

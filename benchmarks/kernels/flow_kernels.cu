@@ -306,9 +306,12 @@ Case householder_case(bool backward, int64_t B) {
 // ---- Probes: the Sylvester kernels' load phase alone, to tell loads from compute ----------
 // Each block stages one sample's two M x M matrices into shared memory, grid-striding over the
 // batch as the Sylvester kernels do (128 threads, the same grid), waits, and keeps one value.
-// kMethod 0: the upper triangles by 4-byte cp.async, as sylvester.cu stages them; 1: the whole
-// squares by 4-byte cp.async (more bytes, the same pattern without the triangle's holes); 2: the
-// whole squares by 16-byte cp.async (a quarter of the requests for the same bytes).
+// kMethod 0: the upper triangles by 4-byte cp.async, as sylvester.cu stages them (since session
+// 13 a thread keeps one column and steps its rows, up to the diagonal; before, this probe took
+// i / M and i % M for every element of the square, two divisions that its SASS spent more
+// instructions on than the copies); 1: the whole squares by 4-byte cp.async (more bytes, the
+// same pattern without the triangle's holes); 2: the whole squares by 16-byte cp.async (a
+// quarter of the requests for the same bytes).
 template <int kMethod>
 __global__ void __launch_bounds__(128) probe_stage_kernel(const float* __restrict__ r1,
                                                           const float* __restrict__ r2,
@@ -327,9 +330,18 @@ __global__ void __launch_bounds__(128) probe_stage_kernel(const float* __restric
         copy_async(reinterpret_cast<float4*>(a + i), reinterpret_cast<const float4*>(x + i));
         copy_async(reinterpret_cast<float4*>(b + i), reinterpret_cast<const float4*>(y + i));
       }
+    } else if (kMethod == 0) {  // M divides 128: column c, rows tid / M, + 128 / M, ... <= c
+      using lvmfast::kernels::copy_async_to;
+      using lvmfast::kernels::shared_address;
+      const int c = tid % M, end = c + 1 < M ? c + 1 : M, dr = 128 / M;
+      auto da = shared_address(a + tid), db = shared_address(b + tid);
+      for (int r = tid / M, i = tid; r < end; r += dr, i += dr * M) {
+        copy_async_to(da, x + i);
+        copy_async_to(db, y + i);
+        da += dr * M * int(sizeof(float)), db += dr * M * int(sizeof(float));
+      }
     } else {
       for (int i = tid; i < n2; i += 128) {
-        if (kMethod == 0 && i % M < i / M) continue;  // below the diagonal
         lvmfast::kernels::copy_async(a + i, x + i);
         lvmfast::kernels::copy_async(b + i, y + i);
       }
