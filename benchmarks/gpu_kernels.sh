@@ -107,10 +107,11 @@ SCALES="${SCALES:-1,4}"
 #       every case (fewer bytes in flight).
 #  (default, session 13) the Sylvester staging loop with stepped pointers: 17 SASS instructions
 #       an element pair of the triangles (53 before), 10 an element of a dense Q (18); the same
-#       copies in the same order. Predicted against session 11's default (cold, B = 1024):
-#       triangular forward 19.1 -> 14-17 us, backward 36.2 -> 32-35; orthogonal forward 16.6 ->
-#       13-15.5; Householder forward 31.0 -> 26-29; at B = 4096 the triangular forward 57.6 ->
-#       45-54. The probe triangles-4B (now the kernels' loop, before with two divisions an
+#       copies in the same order; and the mat-vecs' inner loops unrolled by 4 (6 instructions an
+#       element, 10 rolled, the same sums). Predicted against session 11's default (cold,
+#       B = 1024): triangular forward 19.1 -> 13-17 us, backward 36.2 -> 30-35; orthogonal
+#       forward 16.6 -> 12.5-15.5; Householder forward 31.0 -> 25-29; at B = 4096 the triangular
+#       forward 57.6 -> 43-54. The probe triangles-4B (now the kernels' loop, before with two divisions an
 #       element) 12.6 -> 8-10 us. No change would mean the loads, not their issue, set the time.
 # (tests/test_kernel_program.py checks each of these builds on the CPU emulation.)
 VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;\

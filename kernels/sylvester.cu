@@ -54,6 +54,8 @@
 // were removed. Session 13 (read in the SASS, not yet run on a GPU): the staging loop spent 53
 // instructions on each pair of triangle elements, about 5 us of issue for the 8 samples of an
 // SM at B = 1024, as long as DRAM takes to serve them; stepped pointers take 17 (stage_pair).
+// And the mat-vecs' inner loops, rolled, spent 10 instructions an element behind one shared load
+// each; unrolled by 4 (the same order of sums), 6, with the loads issued together.
 #include "async_copy.cuh"
 #include "convert.cuh"
 #include "launch.cuh"
@@ -220,7 +222,11 @@ __device__ __forceinline__ void row_dots(const View<T, I>& A, const acc_t* v, I 
   for (I base = 0; base < rows; base += per_pass) {
     const I m = base + tid / g;
     acc_t s = 0;
+    // unrolled: a row's loads issue together instead of one behind each multiply-add (the
+    // rolled loop spent 10 SASS instructions an element, each waiting out a shared load), the
+    // sum in the same order
     if (m < rows)
+#pragma unroll 4
       for (I k = (upper ? m : 0) + j; k < cols; k += g) s += to_acc<acc_t>(A(m, k)) * v[k];
     for (int offset = g >> 1; offset > 0; offset >>= 1)
       s += __shfl_xor_sync(0xffffffffu, s, offset);
@@ -255,6 +261,7 @@ __device__ __forceinline__ void column_dots(const View<T, I>& A, I rows, I cols,
   for (I k = parts > 1 ? tid % cols : tid; k < cols; k += kThreads) {
     const I end = upper ? k + 1 : rows;
     acc_t s = 0, s2 = 0;
+#pragma unroll 4
     for (I m = part; m < end; m += parts) {
       const acc_t a = to_acc<acc_t>(A(m, k));
       s += a * v[m];
