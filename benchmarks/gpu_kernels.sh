@@ -60,8 +60,10 @@ SCALES="${SCALES:-1,4}"
 #       wavefronts, 6.7 us: their sum is the 12.3 us a step measured (148.7 us / 12.1 Gram
 #       products), their overlap would be 6.7. Padded: issue 5.7 us, wavefronts 3.1. Predicted
 #       (cold, N = 1024): forward 148.7 -> 70-106 us (overlapped .. summed), backward 453 ->
-#       210-325 us (the backward's 3.05x the forward kept); bjswizzle (issue 6.8 us) forward
-#       82-120 us, backward 250-365. ncu: shared-load bank conflicts far fewer in both than in
+#       195-305 us (the backward's 3.05x the forward, less the prefetch's instructions, below);
+#       bjswizzle (issue 6.8 us) forward 82-120 us, backward 235-345. The default's backward
+#       (its prefetch in 16-byte copies since session 13: 54 SASS instructions a thread a step,
+#       384 before) 453 -> 415-450 us. ncu: shared-load bank conflicts far fewer in both than in
 #       the default, and the instruction counts above. bjpad slower than bjswizzle would mean
 #       issue slots were not the limit and the padding costs more.
 #  sy256, sy64: the one-wave Sylvester kernels are bound by a sample's serial latency (then more

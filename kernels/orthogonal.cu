@@ -41,7 +41,10 @@
 // with the products. Session 8 (H100, against session 10's floors): 3.3x forward, 3.4x the
 // backward at 4 blocks of 128 threads an SM. Session 11 (H100): the symmetric Gram products
 // took the forward from 157.7 to 148.7 us and the backward from 461.6 to 453.4 (3.1x and 3.4x):
-// the products are not most of a step.
+// the products are not most of a step. Session 13 (no GPU; SASS): the products' loops are close
+// to their FFMAs (84 instructions for 64 in the Gram product, 94 in the update), but the shared
+// loads' bank conflicts and a 4-byte prefetch (12 instructions a copy) were not; see kPad and
+// copy_async_block.
 #include "orthogonal.cuh"
 #include "orthogonal_checkpoints.cuh"
 #include "async_copy.cuh"
@@ -473,6 +476,26 @@ __device__ void gemm_nn(acc_t* C, const acc_t* X1, const acc_t* Y1, const acc_t*
   }
 }
 
+// dst[0, n) = src[0, n) by the whole block with cp.async (the caller waits): in float, 16-byte
+// copies where both start 16-byte aligned (the kept iterates and the shared buffers do at every
+// shape with M % 4 == 0), an element at a time for the rest. The walk back's prefetch spent 12
+// SASS instructions (CUDA 13.0) on each 4-byte copy, about a sixth of a step's instructions
+// beside its products; a 16-byte copy takes 9. (The same for the keeping of an iterate, a load
+// and a store, made the float backward spill; double stays an element at a time, as its 16-byte
+// pieces raised its spills.)
+template <typename acc_t>
+__device__ __forceinline__ void copy_async_block(acc_t* dst, const acc_t* src, int n) {
+  int done = 0;
+  if constexpr (sizeof(acc_t) == 4) {
+    if (((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) % 16) == 0) {
+      done = n - n % 4;
+      for (int i = 4 * int(threadIdx.x); i < done; i += 4 * int(blockDim.x))
+        copy_async(reinterpret_cast<float4*>(dst + i), reinterpret_cast<const float4*>(src + i));
+    }
+  }
+  for (int i = done + int(threadIdx.x); i < n; i += int(blockDim.x)) copy_async(dst + i, src + i);
+}
+
 // The backward's kept iterates in its workspace slice: slot i of `slots` holds Q (q + i D ld, in
 // the buffers' layout, ld = buffer_ld) and A (a + i M M); `run` says which step of the current
 // run goes where (orthogonal_checkpoints.cuh).
@@ -672,10 +695,8 @@ __global__ void __launch_bounds__(kBackwardThreads, kShared && kPad > 0 ? kBlock
       // Q_{j-1} and A_{j-1} land in the other pair of buffers while step j computes, so the
       // workspace's latency hides behind the products (asynchronous copies on sm_80+).
       auto prefetch = [&](acc_t* q_dst, acc_t* a_dst, int64_t j) {
-        const acc_t* q_src = keep_q + j * BE;
-        const acc_t* a_src = keep_a + j * MM;
-        for (int i = threadIdx.x; i < be; i += blockDim.x) copy_async(q_dst + i, q_src + i);
-        for (int i = threadIdx.x; i < mm; i += blockDim.x) copy_async(a_dst + i, a_src + i);
+        copy_async_block(q_dst, keep_q + j * BE, be);
+        copy_async_block(a_dst, keep_a + j * MM, mm);
       };
       acc_t *q_cur = qs, *a_cur = as, *q_next = qs + BE, *a_next = as2;
       if (k > 0) prefetch(q_cur, a_cur, k - 1);
