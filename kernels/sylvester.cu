@@ -323,7 +323,8 @@ __device__ __forceinline__ void stage_pair(const View<acc_t, int>& dst_a, const 
       // below, with the source pointers and shared addresses stepped instead of recomputed. In
       // the SASS (CUDA 13.0, sm_90) that loop spent 53 instructions on each element pair (the
       // View's index, the batch offset, the kernel's parameters reloaded, the shared window's
-      // base), so a block took longer to issue a sample's copies than DRAM took to serve them.
+      // base): by a count, issuing a wave's copies took about as long as DRAM takes to serve
+      // them (benchmarks/kernels/NOTES.md, session 13).
       const int end = upper ? (c + 1 < rows ? c + 1 : rows) : rows;
       if (r >= end) return;
       SharedAddress da = shared_address(&dst_a(r, c)), db = shared_address(&dst_b(r, c));
