@@ -328,8 +328,8 @@ __device__ __forceinline__ void stage_pair(const View<acc_t, int>& dst_a, const 
       const int end = upper ? (c + 1 < rows ? c + 1 : rows) : rows;
       if (r >= end) return;
       SharedAddress da = shared_address(&dst_a(r, c)), db = shared_address(&dst_b(r, c));
-      const int step_a = dr * (&dst_a(1, 0) - &dst_a(0, 0)) * int(sizeof(acc_t));
-      const int step_b = dr * (&dst_b(1, 0) - &dst_b(0, 0)) * int(sizeof(acc_t));
+      const int step_a = dr * dst_a.row * int(sizeof(acc_t));
+      const int step_b = dr * dst_b.row * int(sizeof(acc_t));
       const scalar_t* sa = a + i;
       const scalar_t* sb = b + i;
 #pragma unroll 1
