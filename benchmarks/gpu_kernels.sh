@@ -115,6 +115,19 @@ SCALES="${SCALES:-1,4}"
 #       forward 16.6 -> 12.5-15.5; Householder forward 31.0 -> 25-29; at B = 4096 the triangular
 #       forward 57.6 -> 43-54. The probe triangles-4B (now the kernels' loop, before with two divisions an
 #       element) 12.6 -> 8-10 us. No change would mean the loads, not their issue, set the time.
+#  syelem, sylatezeros (session 14, no GPU): the Sylvester backward's gradients of R1, R2 and a
+#       dense Q go out in 16-byte stores (quad_rows: a thread keeps a column quad and its values
+#       in registers), and a triangle's quads wholly below the diagonal (44% at M = 64) are stored
+#       while the sample's matrices load instead of after its computation. SASS (CUDA 13.0): an
+#       element store by lanes along the rows took 11 instructions (the row's values reloaded
+#       after every store, which might alias them), a quad 27 on the triangles and 20 on Q; so
+#       a warp's stores of the two 64 x 64 gradients 2816 -> 1728 instructions a block, of the
+#       backward's roughly 8000. syelem is the element stores (session 13's default), sylatezeros
+#       the quads without the early zeros. Predicted (cold, B = 1024): the default's triangular
+#       backward 1-4 us faster than syelem's (30-35 us by session 13's prediction), the
+#       Householder kind's 2-6 us (three gradients); sylatezeros between them. The forwards
+#       unchanged (the same code). Nothing between syelem and the default: the stores were not
+#       on the backward's critical path.
 # (tests/test_kernel_program.py checks each of these builds on the CPU emulation.)
 VARIANTS="${VARIANTS:-bj256x2:-DLVMFAST_BJORCK_BACKWARD_THREADS=256 -DLVMFAST_BJORCK_BLOCKS_PER_SM=2;\
 bjnopf:-DLVMFAST_BJORCK_PREFETCH=0;\
@@ -125,6 +138,8 @@ sy128:-DLVMFAST_SYLVESTER_WIDE_THREADS=128;\
 sywide:-DLVMFAST_SYLVESTER_WIDE_MAX_SAMPLES_PER_SM=1000000;\
 syglobal:-DLVMFAST_SYLVESTER_STAGED_LIMIT_KB=0;\
 systageq0:-DLVMFAST_SYLVESTER_STAGE_Q=0;\
+syelem:-DLVMFAST_SYLVESTER_QUAD_STORES=0;\
+sylatezeros:-DLVMFAST_SYLVESTER_EARLY_ZEROS=0;\
 sy256:-DLVMFAST_SYLVESTER_THREADS=256 -DLVMFAST_SYLVESTER_MIN_BLOCKS=5 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\
 sy64:-DLVMFAST_SYLVESTER_THREADS=64 -DLVMFAST_SYLVESTER_WIDE_THREADS=64 -DLVMFAST_SYLVESTER_MIN_BLOCKS=16 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=16;\
 sypipe4:-DLVMFAST_SYLVESTER_PIPELINE_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BLOCKS=4 -DLVMFAST_SYLVESTER_MIN_BACKWARD_BLOCKS=4;\

@@ -138,6 +138,18 @@ constexpr size_t kStagedSmemLimit = size_t{LVMFAST_SYLVESTER_STAGED_LIMIT_KB} * 
 #define LVMFAST_SYLVESTER_STAGE_Q 1
 #endif
 constexpr bool kStageQ = LVMFAST_SYLVESTER_STAGE_Q != 0;
+// -D LVMFAST_SYLVESTER_QUAD_STORES=0 (gpu_kernels.sh's syelem): the backward stores its
+// gradients an element at a time, by lanes along the rows, as before session 14 (quad_stores);
+// LVMFAST_SYLVESTER_EARLY_ZEROS=0 (sylatezeros): by quads, but the zeros below the triangles'
+// diagonals among the other stores after the computation (put_lower_zeros).
+#ifndef LVMFAST_SYLVESTER_QUAD_STORES
+#define LVMFAST_SYLVESTER_QUAD_STORES 1
+#endif
+#ifndef LVMFAST_SYLVESTER_EARLY_ZEROS
+#define LVMFAST_SYLVESTER_EARLY_ZEROS 1
+#endif
+constexpr bool kQuadStores = LVMFAST_SYLVESTER_QUAD_STORES != 0;
+constexpr bool kEarlyZeros = LVMFAST_SYLVESTER_EARLY_ZEROS != 0;
 
 template <typename acc_t, typename T>
 __device__ __forceinline__ acc_t load(const T* p, int64_t i) {
@@ -292,6 +304,125 @@ __device__ __forceinline__ void put(scalar_t* own, acc_t* shared, int64_t i, acc
     shared[i] += v;
   else
     own[i] = from_acc<scalar_t>(v);
+}
+
+// 16-byte stores of a row-major gradient of `cols` columns (quad_rows): float, the sample's own
+// (amortized) output, 16-byte aligned rows, and a column quad count that divides the block, so
+// that a thread keeps one column quad, and the column's values in registers, for every row it
+// writes. Element stores by lanes along the rows spent 11 SASS instructions an element (CUDA
+// 13.0, sm_90: the row's values reloaded from shared memory after every store, which the
+// compiler cannot tell apart from the output).
+template <typename scalar_t, typename acc_t>
+constexpr bool kQuadStoreTypes =
+    kQuadStores && std::is_same<scalar_t, float>::value && std::is_same<acc_t, float>::value;
+template <int kThreads, typename I>
+__device__ __forceinline__ bool quad_stores(const float* own, I cols) {
+  return own != nullptr && cols % 4 == 0 && kThreads % (cols / 4) == 0 &&
+         reinterpret_cast<uintptr_t>(own) % 16 == 0;
+}
+// The first of the 4 columns that thread tid writes in quad_rows.
+template <int kThreads, typename I>
+__device__ __forceinline__ I quad_column(int tid, I cols) {
+  return 4 * (tid % static_cast<int>(cols / 4));
+}
+// own[r cols + k .. k + 3] = quad(r) for every row r in [begin, end), k = quad_column(tid, cols):
+// the threads of a row are consecutive (coalesced), and each steps its rows by
+// kThreads / (cols / 4).
+template <int kThreads, typename I, typename Quad>
+__device__ __forceinline__ void quad_rows(float* own, I begin, I end, I cols, int tid,
+                                          Quad&& quad) {
+  const int quads = static_cast<int>(cols / 4), row_step = kThreads / quads;
+  I r = tid / quads;
+  if (r < begin) r += (begin - r + row_step - 1) / row_step * row_step;
+  float* dst = own + r * cols + quad_column<kThreads>(tid, cols);
+  for (; r < end; r += row_step, dst += row_step * cols) *reinterpret_cast<float4*>(dst) = quad(r);
+}
+
+// Whether a triangle's gradient goes out by quads: its zeros below the diagonal early
+// (put_lower_zeros, while the sample's matrices load), the rest by put_upper_outer.
+template <int kThreads, typename scalar_t, typename acc_t, typename I>
+__device__ __forceinline__ bool triangle_quads(const scalar_t* own, const acc_t* shared, I M) {
+  if constexpr (kQuadStoreTypes<scalar_t, acc_t>) {
+    return shared == nullptr && quad_stores<kThreads>(own, M);
+  } else {
+    return false;
+  }
+}
+
+// The quads of a triangle's gradient that lie wholly below the diagonal (rows past k + 3 of
+// column quad k: 44% of them at M = 64), stored before the sample's computation instead of among
+// its stores after it: they depend on nothing, and the threads would otherwise wait out the
+// loads idle.
+template <int kThreads, typename scalar_t, typename acc_t, typename I>
+__device__ __forceinline__ void put_lower_zeros(scalar_t* own, const acc_t* shared, I M, int tid) {
+  if constexpr (kEarlyZeros && kQuadStoreTypes<scalar_t, acc_t>) {
+    if (!triangle_quads<kThreads>(own, shared, M)) return;
+    const I k = quad_column<kThreads>(tid, M);
+    quad_rows<kThreads>(own, k + 4, M, M, tid, [](I) { return make_float4(0.f, 0.f, 0.f, 0.f); });
+  }
+}
+
+// A triangle's gradient: (m, k) = u[m] v[k] on and above the diagonal, plus diag[m] on it, and 0
+// below (written too, the output being the whole M x M matrix: the quads wholly below by
+// put_lower_zeros where triangle_quads); added into the block's slice for a shared parameter.
+template <int kThreads, typename scalar_t, typename acc_t, typename I>
+__device__ __forceinline__ void put_upper_outer(scalar_t* own, acc_t* shared, const acc_t* u,
+                                                const acc_t* v, const acc_t* diag, I M, int tid) {
+  if constexpr (kQuadStoreTypes<scalar_t, acc_t>) {
+    if (triangle_quads<kThreads>(own, shared, M)) {  // the rows past k + 3: put_lower_zeros
+      const I k = quad_column<kThreads>(tid, M);
+      const float v0 = v[k], v1 = v[k + 1], v2 = v[k + 2], v3 = v[k + 3];
+      quad_rows<kThreads>(own, I(0), kEarlyZeros && k + 4 < M ? k + 4 : M, M, tid, [&](I m) {
+        const float um = u[m];
+        float4 x = make_float4(k >= m ? um * v0 : 0.f, k + 1 >= m ? um * v1 : 0.f,
+                               k + 2 >= m ? um * v2 : 0.f, k + 3 >= m ? um * v3 : 0.f);
+        if (m >= k && m < k + 4) {
+          const float d = diag[m];
+          const I j = m - k;
+          if (j == 0) x.x += d;
+          else if (j == 1) x.y += d;
+          else if (j == 2) x.z += d;
+          else x.w += d;
+        }
+        return x;
+      });
+      return;
+    }
+  }
+  const int lane = tid & 31, warp = tid >> 5;
+  constexpr int kWarps = kThreads / 32;
+  for (I m = warp; m < M; m += kWarps) {
+    for (I k = lane; k < M; k += 32) {
+      acc_t x = k >= m ? u[m] * v[k] : acc_t(0);
+      if (k == m) x += diag[m];
+      put(own, shared, m * M + k, x);
+    }
+  }
+}
+
+// Q's gradient: (d, m) = a[d] x[m] + b[d] y[m] for a D x M output, or added into the block's
+// slice for a shared Q.
+template <int kThreads, typename scalar_t, typename acc_t, typename I>
+__device__ __forceinline__ void put_outer_pair(scalar_t* own, acc_t* shared, const acc_t* a,
+                                               const acc_t* x, const acc_t* b, const acc_t* y, I D,
+                                               I M, int tid) {
+  if constexpr (kQuadStoreTypes<scalar_t, acc_t>) {
+    if (shared == nullptr && quad_stores<kThreads>(own, M)) {
+      const I k = quad_column<kThreads>(tid, M);
+      const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+      const float y0 = y[k], y1 = y[k + 1], y2 = y[k + 2], y3 = y[k + 3];
+      quad_rows<kThreads>(own, I(0), D, M, tid, [&](I d) {
+        const float ad = a[d], bd = b[d];
+        return make_float4(ad * x0 + bd * y0, ad * x1 + bd * y1, ad * x2 + bd * y2,
+                           ad * x3 + bd * y3);
+      });
+      return;
+    }
+  }
+  const int lane = tid & 31, warp = tid >> 5;
+  constexpr int kWarps = kThreads / 32;
+  for (I d = warp; d < D; d += kWarps)
+    for (I m = lane; m < M; m += 32) put(own, shared, d * M + m, a[d] * x[m] + b[d] * y[m]);
 }
 
 // Shared-memory copies of one sample's matrices: the upper triangles of R1 and R2, in one array
@@ -641,8 +772,6 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
   const auto &R1 = mats.r1, &R2 = mats.r2;
   const auto &Q = mats.q;  // another type than the triangles' without kStageQ
   const bool dense = p.qkind == 2;
-  const int lane = tid & 31, warp = tid >> 5;
-  constexpr int kWarps = kThreads / 32;
   acc_t* zs = vectors;
   acc_t* gs = zs + D;
   acc_t* y = gs + D;
@@ -692,13 +821,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
   if (dense) row_dots<kThreads, kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
   __syncthreads();
   // grad_r1 = triu(gc h^T) + diag(dg1); then ga = s * (gh + d logdet / dh) = grad_b.
-  for (I m = warp; m < M; m += kWarps) {
-    for (I k = lane; k < M; k += 32) {
-      acc_t v = k >= m ? gc[m] * h[k] : acc_t(0);
-      if (k == m) v += dg1[m];
-      put(out.r1, out.ws_r1, m * M + k, v);
-    }
-  }
+  put_upper_outer<kThreads>(out.r1, out.ws_r1, gc, h, dg1, M, tid);
   for (I m = tid; m < M; m += kThreads) {
     const acc_t v = (acc_t(1) - h[m] * h[m]) * (column_sum<kThreads>(gh, partial, M, m) + ga[m]);
     ga[m] = v;
@@ -708,13 +831,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
   // gy = R2^T ga (split sums, added up below); grad_r2 = triu(ga y^T) + diag(dg2).
   column_dots<kThreads>(R2, M, M, true, static_cast<const acc_t*>(ga), gy,
                         static_cast<const acc_t*>(nullptr), gy, partial, tid);
-  for (I m = warp; m < M; m += kWarps) {
-    for (I k = lane; k < M; k += 32) {
-      acc_t v = k >= m ? ga[m] * y[k] : acc_t(0);
-      if (k == m) v += dg2[m];
-      put(out.r2, out.ws_r2, m * M + k, v);
-    }
-  }
+  put_upper_outer<kThreads>(out.r2, out.ws_r2, ga, y, dg2, M, tid);
   __syncthreads();
   if (column_parts<kThreads>(M) > 1) {
     for (I k = tid; k < M; k += kThreads) gy[k] = column_sum<kThreads>(gy, partial, M, k);
@@ -727,9 +844,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
   } else {
     row_dots<kThreads, kStaged && kStageQ>(
         Q, gy, D, M, false, tid, [&](I d, acc_t s) { out.z[d] = from_acc<scalar_t>(gs[d] + s); });
-    for (I d = warp; d < D; d += kWarps)
-      for (I m = lane; m < M; m += 32)
-        put(out.q, out.ws_q, d * M + m, zs[d] * gy[m] + gs[d] * c[m]);
+    put_outer_pair<kThreads>(out.q, out.ws_q, zs, gy, gs, c, D, M, tid);
   }
   __syncthreads();
 }
@@ -763,7 +878,14 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBackwardBlocksPerSm, 
   auto layout = [&](acc_t* vectors) {
     return staged_layout<kThreads>(vectors + vector_elements, p);
   };
-  // Issues the copies of sample n into buffer k (`first`: as in forward_kernel).
+  // Sample n's zeros below the triangles' diagonals (amortized float gradients: put_lower_zeros).
+  auto lower_zeros = [&](int64_t n) {
+    const acc_t* none = nullptr;
+    put_lower_zeros<kThreads>(p.r1_bs != 0 ? grad_r1 + n * MM : nullptr, none, M, tid);
+    put_lower_zeros<kThreads>(p.r2_bs != 0 ? grad_r2 + n * MM : nullptr, none, M, tid);
+  };
+  // Issues the copies of sample n into buffer k (`first`: as in forward_kernel), then stores its
+  // gradients' zeros.
   auto issue = [&](int64_t n, int k, bool first) {
     acc_t* vectors = smem + k * per_buffer;
     const int Di = static_cast<int>(D), Mi = static_cast<int>(M);
@@ -773,12 +895,14 @@ __global__ void __launch_bounds__(kThreads, min_blocks(kMinBackwardBlocksPerSm, 
     stage_vector<kThreads>(vectors + Di, grad_out + n * gst.out_row, Di, tid, gst.out_col);
     if (first || p.b_bs != 0)
       stage_vector<kThreads>(vectors + backward_bias_offset(p), b + n * p.b_bs, Mi, tid);
+    lower_zeros(n);  // while the copies land
   };
   if constexpr (kStaged) stage_first<kBuffers>(issue, p.B);
   int64_t i = 0;
   for (int64_t n = blockIdx.x; n < p.B; n += gridDim.x, ++i) {
     acc_t* vectors = smem + buffer_of<kBuffers>(i) * per_buffer;
     const scalar_t* bn = b + n * p.b_bs;
+    if constexpr (!kStaged) lower_zeros(n);
     out.z = grad_z + n * D;
     out.r1 = out.ws_r1 != nullptr ? nullptr : grad_r1 + n * MM;
     out.r2 = out.ws_r2 != nullptr ? nullptr : grad_r2 + n * MM;

@@ -9,7 +9,7 @@ Rewrites, on copies in the build folder:
     emulated block's dynamic shared memory; `#include <cassert>` -> include/emulated_assert.h (a
     failing device-side assert raises instead of aborting). Compiled as C++.
   * csrc/cuda/*.cpp: registered for the CPU key of the `lvmfast_emulated` library; `is_cuda()`
-    checks accept CPU tensors.
+    checks accept CPU tensors; `at::empty` allocates NaN-filled tensors (emu::poisoned_empty).
   * csrc/ops.cpp: the same schemas, under `lvmfast_emulated`.
 """
 from __future__ import annotations
@@ -59,6 +59,9 @@ def rewrite_kernel(source: str) -> str:
 
 def rewrite_glue(source: str) -> str:
     source = re.sub(r"TORCH_LIBRARY_IMPL\(\s*lvmfast\s*,\s*CUDA\s*,", f"TORCH_LIBRARY_IMPL({LIBRARY}, CPU,", source)
+    # outputs and workspaces start as NaN (include/ATen/cuda/CUDAContext.h), not as whatever
+    # the host's allocator returns, often zeros that would hide an element a kernel never writes
+    source = re.sub(r"\bat::empty\(", "::emu::poisoned_empty(", source)
     return source.replace(".is_cuda()", ".is_cpu()")
 
 

@@ -4,6 +4,19 @@
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
 
+#include <limits>
+
+namespace emu {
+// at::empty with its floating-point elements set to NaN. The emulated glue allocates through it
+// (build.py rewrites at::empty), so that an output element or a workspace element that a kernel
+// leaves unwritten fails the tests, where fresh memory from the host's allocator is often zero.
+inline at::Tensor poisoned_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  if (at::isFloatingType(t.scalar_type())) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+}  // namespace emu
+
 namespace at {
 namespace cuda {
 
