@@ -643,13 +643,18 @@ __device__ __forceinline__ void forward_sample(const scalar_t* zn, const Mats& m
     for (I m = tid; m < M; m += kThreads) y[m] = zs[p.qkind == 0 ? m : D - 1 - m];
     __syncthreads();
   }
+  row_dots<kThreads, kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) { h[m] = a; });
+  __syncthreads();
+  // Each row's tanh and log on a thread of its own, M consecutive threads (whole warps), rather
+  // than on the first lane of each row group, spread over every warp: the double-precision
+  // routines then take the issue slots of M / 32 warps (2 at M = 64, 1 at 32) instead of all 4.
   acc_t my_logdet = 0;
-  row_dots<kThreads, kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
-    const acc_t hm = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
+  for (I m = tid; m < M; m += kThreads) {
+    const acc_t hm = tanh_acc(h[m] + (kStaged ? bs[m] : load<acc_t>(bn, m)));
     h[m] = hm;
     const acc_t diag = to_acc<acc_t>(R1(m, m)) * to_acc<acc_t>(R2(m, m));
     my_logdet += log_abs(acc_t(1) + (acc_t(1) - hm * hm) * diag);
-  });
+  }
   __syncthreads();
   row_dots<kThreads, kStaged>(R1, h, M, M, true, tid, [&](I m, acc_t s) { c[m] = s; });
   __syncthreads();
@@ -803,9 +808,12 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
     }
     __syncthreads();
   }
-  // h, and the log-det's gradients: w.r.t. h (kept in ga until gh is known) and the diagonals.
-  row_dots<kThreads, kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) {
-    const acc_t hm = tanh_acc(a + (kStaged ? bs[m] : load<acc_t>(bn, m)));
+  // h, and the log-det's gradients: w.r.t. h (kept in ga until gh is known) and the diagonals,
+  // each row's on a thread of its own (as in forward_sample).
+  row_dots<kThreads, kStaged>(R2, y, M, M, true, tid, [&](I m, acc_t a) { h[m] = a; });
+  __syncthreads();
+  for (I m = tid; m < M; m += kThreads) {
+    const acc_t hm = tanh_acc(h[m] + (kStaged ? bs[m] : load<acc_t>(bn, m)));
     const acc_t r1d = to_acc<acc_t>(R1(m, m)), r2d = to_acc<acc_t>(R2(m, m));
     const acc_t s = acc_t(1) - hm * hm;
     const acc_t w = gl / (acc_t(1) + s * r1d * r2d);
@@ -813,7 +821,7 @@ __device__ __forceinline__ void backward_sample(const scalar_t* gn, int64_t g_st
     ga[m] = acc_t(-2) * hm * r1d * r2d * w;
     dg1[m] = s * r2d * w;
     dg2[m] = s * r1d * w;
-  });
+  }
   __syncthreads();
   // gh = R1^T gc (split sums, added up below); c = R1 h (needed for grad_q only).
   column_dots<kThreads>(R1, M, M, true, static_cast<const acc_t*>(gc), gh,
