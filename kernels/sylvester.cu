@@ -55,7 +55,11 @@
 // instructions on each pair of triangle elements, about 5 us of issue for the 8 samples of an
 // SM at B = 1024, as long as DRAM takes to serve them; stepped pointers take 17 (stage_pair).
 // And the mat-vecs' inner loops, rolled, spent 10 instructions an element behind one shared load
-// each; unrolled by 4 (the same order of sums), 6, with the loads issued together.
+// each; unrolled by 4 (the same order of sums), 6, with the loads issued together. Session 14
+// (SASS, no GPU): the backward's gradient stores took 11 instructions an element, now 16-byte
+// stores (quad_rows), the zeros below the diagonals stored during the loads; the rows'
+// double-precision tanh and log ran on one lane of each row group in every warp, now on M
+// consecutive threads.
 #include "async_copy.cuh"
 #include "convert.cuh"
 #include "launch.cuh"
