@@ -120,9 +120,10 @@ SCALES="${SCALES:-1,4}"
 #       in registers), and a triangle's quads wholly below the diagonal (44% at M = 64) are stored
 #       while the sample's matrices load instead of after its computation. SASS (CUDA 13.0): an
 #       element store by lanes along the rows took 11 instructions (the row's values reloaded
-#       after every store, which might alias them), a quad 27 on the triangles and 20 on Q; so
-#       a warp's stores of the two 64 x 64 gradients 2816 -> 1728 instructions a block, of the
-#       backward's roughly 8000. syelem is the element stores (session 13's default), sylatezeros
+#       after every store, which might alias them), a quad about 29 on the triangles (a warp
+#       holding 4 column quads, so that it walks only the rows they reach) and 20 on Q; so the
+#       stores of the two 64 x 64 gradients after the computation 2816 -> about 1200 warp
+#       instructions a block, of the backward's roughly 8000 before. syelem is the element stores (session 13's default), sylatezeros
 #       the quads without the early zeros. Predicted (cold, B = 1024): the default's triangular
 #       backward 1-4 us faster than syelem's (30-35 us by session 13's prediction), the
 #       Householder kind's 2-6 us (three gradients); sylatezeros between them. The forwards

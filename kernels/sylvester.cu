@@ -324,21 +324,29 @@ __device__ __forceinline__ bool quad_stores(const float* own, I cols) {
   return own != nullptr && cols % 4 == 0 && kThreads % (cols / 4) == 0 &&
          reinterpret_cast<uintptr_t>(own) % 16 == 0;
 }
-// The first of the 4 columns that thread tid writes in quad_rows.
-template <int kThreads, typename I>
+// Which quad of a row thread tid writes in quad_rows, and the first row it writes: kByColumn
+// false, the threads of a row are consecutive (a warp's store covers whole rows); true, the
+// threads of a column quad are (a warp covers few column quads, so that its trip count over a
+// triangle's rows follows the triangle's shape: at M = 64, 20 trips a block instead of 32).
+template <int kThreads, bool kByColumn, typename I>
 __device__ __forceinline__ I quad_column(int tid, I cols) {
-  return 4 * (tid % static_cast<int>(cols / 4));
+  const int quads = static_cast<int>(cols / 4);
+  return 4 * (kByColumn ? tid / (kThreads / quads) : tid % quads);
 }
-// own[r cols + k .. k + 3] = quad(r) for every row r in [begin, end), k = quad_column(tid, cols):
-// the threads of a row are consecutive (coalesced), and each steps its rows by
-// kThreads / (cols / 4).
-template <int kThreads, typename I, typename Quad>
+template <int kThreads, bool kByColumn, typename I>
+__device__ __forceinline__ I quad_first_row(int tid, I cols) {
+  const int quads = static_cast<int>(cols / 4);
+  return kByColumn ? tid % (kThreads / quads) : tid / quads;
+}
+// own[r cols + k .. k + 3] = quad(r) for every row r in [begin, end), k = quad_column(tid, cols),
+// each thread stepping its rows by kThreads / (cols / 4).
+template <int kThreads, bool kByColumn, typename I, typename Quad>
 __device__ __forceinline__ void quad_rows(float* own, I begin, I end, I cols, int tid,
                                           Quad&& quad) {
-  const int quads = static_cast<int>(cols / 4), row_step = kThreads / quads;
-  I r = tid / quads;
+  const int row_step = kThreads / static_cast<int>(cols / 4);
+  I r = quad_first_row<kThreads, kByColumn>(tid, cols);
   if (r < begin) r += (begin - r + row_step - 1) / row_step * row_step;
-  float* dst = own + r * cols + quad_column<kThreads>(tid, cols);
+  float* dst = own + r * cols + quad_column<kThreads, kByColumn>(tid, cols);
   for (; r < end; r += row_step, dst += row_step * cols) *reinterpret_cast<float4*>(dst) = quad(r);
 }
 
@@ -361,8 +369,9 @@ template <int kThreads, typename scalar_t, typename acc_t, typename I>
 __device__ __forceinline__ void put_lower_zeros(scalar_t* own, const acc_t* shared, I M, int tid) {
   if constexpr (kEarlyZeros && kQuadStoreTypes<scalar_t, acc_t>) {
     if (!triangle_quads<kThreads>(own, shared, M)) return;
-    const I k = quad_column<kThreads>(tid, M);
-    quad_rows<kThreads>(own, k + 4, M, M, tid, [](I) { return make_float4(0.f, 0.f, 0.f, 0.f); });
+    const I k = quad_column<kThreads, true>(tid, M);
+    quad_rows<kThreads, true>(own, k + 4, M, M, tid,
+                              [](I) { return make_float4(0.f, 0.f, 0.f, 0.f); });
   }
 }
 
@@ -374,9 +383,10 @@ __device__ __forceinline__ void put_upper_outer(scalar_t* own, acc_t* shared, co
                                                 const acc_t* v, const acc_t* diag, I M, int tid) {
   if constexpr (kQuadStoreTypes<scalar_t, acc_t>) {
     if (triangle_quads<kThreads>(own, shared, M)) {  // the rows past k + 3: put_lower_zeros
-      const I k = quad_column<kThreads>(tid, M);
+      const I k = quad_column<kThreads, true>(tid, M);
       const float v0 = v[k], v1 = v[k + 1], v2 = v[k + 2], v3 = v[k + 3];
-      quad_rows<kThreads>(own, I(0), kEarlyZeros && k + 4 < M ? k + 4 : M, M, tid, [&](I m) {
+      const I end = kEarlyZeros && k + 4 < M ? k + 4 : M;
+      quad_rows<kThreads, true>(own, I(0), end, M, tid, [&](I m) {
         const float um = u[m];
         float4 x = make_float4(k >= m ? um * v0 : 0.f, k + 1 >= m ? um * v1 : 0.f,
                                k + 2 >= m ? um * v2 : 0.f, k + 3 >= m ? um * v3 : 0.f);
@@ -412,10 +422,10 @@ __device__ __forceinline__ void put_outer_pair(scalar_t* own, acc_t* shared, con
                                                I M, int tid) {
   if constexpr (kQuadStoreTypes<scalar_t, acc_t>) {
     if (shared == nullptr && quad_stores<kThreads>(own, M)) {
-      const I k = quad_column<kThreads>(tid, M);
+      const I k = quad_column<kThreads, false>(tid, M);
       const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
       const float y0 = y[k], y1 = y[k + 1], y2 = y[k + 2], y3 = y[k + 3];
-      quad_rows<kThreads>(own, I(0), D, M, tid, [&](I d) {
+      quad_rows<kThreads, false>(own, I(0), D, M, tid, [&](I d) {
         const float ad = a[d], bd = b[d];
         return make_float4(ad * x0 + bd * y0, ad * x1 + bd * y1, ad * x2 + bd * y2,
                            ad * x3 + bd * y3);
