@@ -86,8 +86,12 @@ def test_iwae_close_to_exact_and_below_elbo():
     assert gap_elbo > 0.1  # the mismatched posterior is visibly worse than exact...
     assert -0.01 < gap_iwae < 0.02  # ...and 1000 importance samples close the gap
     assert (nll <= nelbo + 1e-9).all()  # Jensen: log-mean-exp >= mean, per point
-    # fewer samples: a looser bound, on average
-    assert iwae_nll(model, x, num_samples=5).mean() > nll.mean()
+    # fewer samples: a looser bound, on average. Over 40 seeds, one 5-sample estimate over these
+    # 200 points was above the 1000-sample one by 0.073 on average, spread 0.026, with a heavy
+    # low tail (a CI seed, 1625737530: -0.045); the mean of 20 such estimates by 0.076, spread
+    # 0.008, least 0.063.
+    iwae5 = torch.stack([iwae_nll(model, x, num_samples=5) for _ in range(20)]).mean()
+    assert iwae5 > nll.mean()
 
 
 def test_iwae_chunking_and_batches():
