@@ -5,26 +5,6 @@
 namespace lvmfast {
 namespace kernels {
 
-// Global-to-shared copy of one element without a register round trip (cp.async, sm_80+), so a
-// thread can have many copies in flight, or keep computing while they land. dst must be in
-// shared memory; T of 4, 8 or 16 bytes (float4: 16-byte aligned addresses). Plain copy on older
-// GPUs; the CPU emulation (tests/cuda_emulator) writes shared memory only at the wait, as the
-// hardware may.
-template <typename T>
-__device__ __forceinline__ void copy_async(T* dst, const T* src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  static_assert(sizeof(T) == 4 || sizeof(T) == 8 || sizeof(T) == 16,
-                "cp.async copies 4, 8 or 16 bytes");
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(
-                   static_cast<unsigned>(__cvta_generic_to_shared(dst))),
-               "l"(src), "n"(static_cast<int>(sizeof(T))));
-#elif defined(LVMFAST_CUDA_EMULATOR)
-  ::emu::copy_async(dst, src, sizeof(T));
-#else
-  *dst = *src;
-#endif
-}
-
 // A shared-memory destination as copy_async_to takes it: on sm_80+ the 32-bit shared address,
 // converted once (shared_address) and then stepped in bytes by the caller, so that a loop of
 // copies does not convert its pointer at every element (the conversion is an S2R and a LEA).
@@ -41,7 +21,12 @@ __device__ __forceinline__ SharedAddress shared_address(T* p) {
   return reinterpret_cast<char*>(p);
 #endif
 }
-// copy_async to a destination given by shared_address (plus a byte offset).
+
+// Global-to-shared copy of one element without a register round trip (cp.async, sm_80+), so a
+// thread can have many copies in flight, or keep computing while they land. The destination is
+// in shared memory, given by shared_address (plus a byte offset); T of 4, 8 or 16 bytes (float4:
+// 16-byte aligned addresses). Plain copy on older GPUs; the CPU emulation (tests/cuda_emulator)
+// writes shared memory only at the wait, as the hardware may.
 template <typename T>
 __device__ __forceinline__ void copy_async_to(SharedAddress dst, const T* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -54,6 +39,11 @@ __device__ __forceinline__ void copy_async_to(SharedAddress dst, const T* src) {
 #else
   *reinterpret_cast<T*>(dst) = *src;
 #endif
+}
+// The same to a shared-memory pointer.
+template <typename T>
+__device__ __forceinline__ void copy_async(T* dst, const T* src) {
+  copy_async_to(shared_address(dst), src);
 }
 
 // Closes the copies issued since the last commit into a group (in issue order).

@@ -350,12 +350,13 @@ __device__ __forceinline__ void quad_rows(float* own, I begin, I end, I cols, in
   for (; r < end; r += row_step, dst += row_step * cols) *reinterpret_cast<float4*>(dst) = quad(r);
 }
 
-// Whether a triangle's gradient goes out by quads: its zeros below the diagonal early
-// (put_lower_zeros, while the sample's matrices load), the rest by put_upper_outer.
+// Whether a gradient of `cols` columns goes out by quad_rows: the sample's own output (not a
+// shared parameter's slice) of the types and shape quad_stores takes. A triangle's then has its
+// zeros below the diagonal stored early (put_lower_zeros), the rest by put_upper_outer.
 template <int kThreads, typename scalar_t, typename acc_t, typename I>
-__device__ __forceinline__ bool triangle_quads(const scalar_t* own, const acc_t* shared, I M) {
+__device__ __forceinline__ bool quad_output(const scalar_t* own, const acc_t* shared, I cols) {
   if constexpr (kQuadStoreTypes<scalar_t, acc_t>) {
-    return shared == nullptr && quad_stores<kThreads>(own, M);
+    return shared == nullptr && quad_stores<kThreads>(own, cols);
   } else {
     return false;
   }
@@ -368,7 +369,7 @@ __device__ __forceinline__ bool triangle_quads(const scalar_t* own, const acc_t*
 template <int kThreads, typename scalar_t, typename acc_t, typename I>
 __device__ __forceinline__ void put_lower_zeros(scalar_t* own, const acc_t* shared, I M, int tid) {
   if constexpr (kEarlyZeros && kQuadStoreTypes<scalar_t, acc_t>) {
-    if (!triangle_quads<kThreads>(own, shared, M)) return;
+    if (!quad_output<kThreads>(own, shared, M)) return;
     const I k = quad_column<kThreads, true>(tid, M);
     quad_rows<kThreads, true>(own, k + 4, M, M, tid,
                               [](I) { return make_float4(0.f, 0.f, 0.f, 0.f); });
@@ -377,12 +378,12 @@ __device__ __forceinline__ void put_lower_zeros(scalar_t* own, const acc_t* shar
 
 // A triangle's gradient: (m, k) = u[m] v[k] on and above the diagonal, plus diag[m] on it, and 0
 // below (written too, the output being the whole M x M matrix: the quads wholly below by
-// put_lower_zeros where triangle_quads); added into the block's slice for a shared parameter.
+// put_lower_zeros where quad_output); added into the block's slice for a shared parameter.
 template <int kThreads, typename scalar_t, typename acc_t, typename I>
 __device__ __forceinline__ void put_upper_outer(scalar_t* own, acc_t* shared, const acc_t* u,
                                                 const acc_t* v, const acc_t* diag, I M, int tid) {
   if constexpr (kQuadStoreTypes<scalar_t, acc_t>) {
-    if (triangle_quads<kThreads>(own, shared, M)) {  // the rows past k + 3: put_lower_zeros
+    if (quad_output<kThreads>(own, shared, M)) {  // the rows past k + 3: put_lower_zeros
       const I k = quad_column<kThreads, true>(tid, M);
       const float v0 = v[k], v1 = v[k + 1], v2 = v[k + 2], v3 = v[k + 3];
       const I end = kEarlyZeros && k + 4 < M ? k + 4 : M;
@@ -421,7 +422,7 @@ __device__ __forceinline__ void put_outer_pair(scalar_t* own, acc_t* shared, con
                                                const acc_t* x, const acc_t* b, const acc_t* y, I D,
                                                I M, int tid) {
   if constexpr (kQuadStoreTypes<scalar_t, acc_t>) {
-    if (shared == nullptr && quad_stores<kThreads>(own, M)) {
+    if (quad_output<kThreads>(own, shared, M)) {
       const I k = quad_column<kThreads, false>(tid, M);
       const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
       const float y0 = y[k], y1 = y[k + 1], y2 = y[k + 2], y3 = y[k + 3];
