@@ -12,6 +12,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -202,7 +203,9 @@ def test_bad_arguments_exit_with_usage(programs, args):
 def test_gpu_kernels_script_rehearses_on_the_emulation(tmp_path):
     """benchmarks/gpu_kernels.sh end to end with EMULATE=1: builds, checks, timings and tables
     (everything but nvcc, the ceilings and ncu), so that a GPU call does not find its bugs."""
-    env = {**os.environ, "EMULATE": "1", "OUT": str(tmp_path / "out"), "BUILD": str(tmp_path / "build"),
+    # the script's python3 must be this one (with torch), venv activated or not
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "EMULATE": "1", "OUT": str(tmp_path / "out"), "BUILD": str(tmp_path / "build"),
            "SCALES": "1,2", "LVMFAST_EMULATED_SMS": "2",
            "VARIANTS": "sypipe:" + " ".join(f"-D{d}" for d in VARIANTS["sypipe"])}
     run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_kernels.sh")], cwd=ROOT, env=env,

@@ -14,6 +14,7 @@ Rewrites, on copies in the build folder:
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -105,6 +106,10 @@ def prepare(families: list[str], build_dir: Path) -> list[Path]:
     return sources + prepare_kernels(families, build_dir)
 
 
+def build_base() -> Path:
+    return Path(os.environ.get("LVMFAST_EMULATOR_BUILD", Path.home() / ".cache/lvmfast_emulator"))
+
+
 def load(families: list[str] = list(FAMILIES), verbose: bool = False):
     """Compiles (or reuses) the emulated extension for `families` and loads it into torch.ops."""
     from torch.utils import cpp_extension
@@ -114,7 +119,7 @@ def load(families: list[str] = list(FAMILIES), verbose: bool = False):
     # emulated tests on a variant that benchmarks/gpu_kernels.sh times (its own build folder)
     defines = os.environ.get("LVMFAST_EMULATOR_DEFINES", "").split()
     folder = name + "".join("-" + re.sub(r"\W", "_", d) for d in defines)
-    build_dir = Path(os.environ.get("LVMFAST_EMULATOR_BUILD", Path.home() / ".cache/lvmfast_emulator")) / folder
+    build_dir = build_base() / folder
     sources = prepare(families, build_dir / "src")  # ninja rebuilds only what changed
     cpp_extension.load(
         name=name, sources=[str(s) for s in sources], build_directory=str(build_dir),
@@ -124,21 +129,58 @@ def load(families: list[str] = list(FAMILIES), verbose: bool = False):
     return getattr(__import__("torch").ops, LIBRARY)
 
 
+@functools.cache
+def _compiler_version() -> bytes:
+    import subprocess
+
+    return subprocess.run(["g++", "--version"], capture_output=True).stdout
+
+
+def _compile_cached(flags: list[str], source: Path, objects: Path) -> Path:
+    """Compiles `source` to an object named by the hash of its preprocessed text, or reuses it:
+    the variants of a program differ in one family's -D constants, so most of their objects are
+    the same. -fmacro-prefix-map keeps the build folder's path out of __FILE__, and so out of
+    the text, and -P the line markers."""
+    import hashlib
+    import subprocess
+
+    flags = [*flags, f"-fmacro-prefix-map={source.parent}=."]
+    text = subprocess.run(["g++", *flags, "-E", "-P", str(source)], capture_output=True)
+    if text.returncode != 0:
+        raise RuntimeError(f"preprocessing {source} failed:\n{text.stderr.decode()[-4000:]}")
+    key = hashlib.sha256(text.stdout + _compiler_version())
+    key.update(" ".join(f for f in flags if not f.startswith(("-D", "-fmacro-prefix-map"))).encode())
+    obj = objects / f"{source.stem}-{key.hexdigest()[:24]}.o"
+    if not obj.exists():
+        partial = obj.with_suffix(f".{os.getpid()}.tmp")  # renamed when whole: builds may run at once
+        done = subprocess.run(["g++", *flags, "-c", str(source), "-o", str(partial)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {source} failed:\n{done.stderr[-4000:]}")
+        os.replace(partial, obj)
+    return obj
+
+
 def build_program(source: Path, families: list[str], output: Path, defines: tuple[str, ...] = ()) -> Path:
     """Compiles a standalone CUDA program (a .cu with main(), such as
     benchmarks/kernels/flow_kernels.cu) and the kernels of `families` against the emulation, with
     the same rewrites, into the executable `output`. No torch: the program's runtime calls are
-    the host ones at the end of include/cuda_runtime.h."""
+    the host ones at the end of include/cuda_runtime.h. Objects are cached by content under
+    build_base()/objects and compiled in parallel."""
     import subprocess
+    from concurrent.futures import ThreadPoolExecutor
 
     src = output.parent / "src"
     sources = prepare_kernels(families, src)
     program = src / source.resolve().relative_to(ROOT).with_suffix(".cpp")
     program.parent.mkdir(parents=True, exist_ok=True)
     _write(program, rewrite_kernel(source.read_text()))
-    cmd = ["g++", "-std=c++17", "-O1", "-DLVMFAST_CUDA_EMULATOR", f"-I{INCLUDE}",
-           *(f"-D{d}" for d in defines), *map(str, sources + [program]), "-o", str(output)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    objects = build_base() / "objects"
+    objects.mkdir(parents=True, exist_ok=True)
+    flags = ["-std=c++17", "-O1", "-DLVMFAST_CUDA_EMULATOR", f"-I{INCLUDE}", *(f"-D{d}" for d in defines)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        objs = list(pool.map(lambda s: _compile_cached(flags, s, objects), sources + [program]))
+    done = subprocess.run(["g++", *map(str, objs), "-o", str(output)], capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"linking {output} failed:\n{done.stderr[-4000:]}")
     return output

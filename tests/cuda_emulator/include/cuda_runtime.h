@@ -2,8 +2,8 @@
 // run in the tests of a machine without a GPU (tests/cuda_emulator/build.py compiles them against
 // this header instead of the CUDA toolkit's).
 //
-// Model: a launch runs its blocks one after another. Each thread of a block is a fiber (ucontext)
-// with its own stack; one OS thread switches between them at every barrier, so __syncthreads and
+// Model: a launch runs its blocks one after another. Each thread of a block is a fiber with its
+// own stack (switched by a few instructions on x86-64, by ucontext elsewhere); one OS thread switches between them at every barrier, so __syncthreads and
 // the warp shuffles are exact: a fiber waits until every thread of its block (of its warp, for a
 // shuffle) has reached a barrier. Between barriers the threads run in a shuffled
 // order, so a missing barrier shows up whichever thread index reads first. A barrier that can never
@@ -98,9 +98,57 @@ constexpr size_t kStackBytes = 256 * 1024;
 
 enum class State { kReady, kBlockBarrier, kWarpBarrier, kDone };
 
+// Switching fibers. ucontext's swapcontext saves and restores the signal mask, a system call at
+// every switch: most of an emulated launch's time went there. On x86-64 a switch saves only
+// what the ABI has the callee keep (rbx, rbp, r12-r15, MXCSR, the x87 control word) on the
+// stack it leaves, and restores them from the stack it enters.
+#if defined(__x86_64__) && !defined(LVMFAST_EMULATOR_UCONTEXT)
+struct Context {
+  void* sp = nullptr;
+};
+// Saves into *from (rdi), continues on the stack `to` (rsi).
+__attribute__((naked, noinline)) inline void switch_stacks(void** /*from*/, void* /*to*/) {
+  asm volatile(
+      "pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
+      "subq $8, %rsp\n\tstmxcsr (%rsp)\n\tfnstcw 4(%rsp)\n\t"
+      "movq %rsp, (%rdi)\n\tmovq %rsi, %rsp\n\t"
+      "ldmxcsr (%rsp)\n\tfldcw 4(%rsp)\n\taddq $8, %rsp\n\t"
+      "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\t"
+      "ret\n\t");
+}
+inline void switch_context(Context& from, Context& to) { switch_stacks(&from.sp, to.sp); }
+// A stack that switch_stacks enters as if `entry` had been called (rsp = 8 mod 16 there), with
+// the caller's floating-point control state; `entry` must never return.
+inline void start_context(Context& c, char* stack, size_t size, void (*entry)(), Context&) {
+  void** sp = reinterpret_cast<void**>((reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15));
+  *--sp = nullptr;  // entry's return address: none
+  *--sp = reinterpret_cast<void*>(entry);
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp (0 ends a frame walk) rbx r12-r15
+  uint32_t mxcsr;
+  uint16_t fcw;
+  asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(mxcsr), "=m"(fcw));
+  *--sp = nullptr;
+  std::memcpy(sp, &mxcsr, 4);
+  std::memcpy(reinterpret_cast<char*>(sp) + 4, &fcw, 2);
+  c.sp = sp;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void start_context(Context& c, char* stack, size_t size, void (*entry)(), Context& link) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = &link.uc;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
 struct Fiber {
-  ucontext_t context;
-  std::unique_ptr<char[]> stack;
+  Context context;
+  char* stack = nullptr;
   uint3 index;
   int lane = 0;
   State state = State::kReady;
@@ -122,7 +170,7 @@ struct Block {
   dim3 grid, block;
   uint3 index;
   Fiber* current = nullptr;
-  ucontext_t scheduler;
+  Context scheduler;
   unsigned char* shared = nullptr;
 };
 
@@ -171,7 +219,7 @@ inline void shuffle(std::vector<size_t>& order) {
 
 inline void to_scheduler() {
   Fiber& f = self();
-  swapcontext(&f.context, &active()->scheduler);
+  switch_context(f.context, active()->scheduler);
 }
 
 template <typename T>
@@ -247,8 +295,29 @@ inline void fiber_entry() {
     if (fiber_error().empty()) fiber_error() = e.what();
   }
   self().state = State::kDone;
-  // uc_link returns to the scheduler
+  to_scheduler();  // never resumed: a done fiber is not scheduled again
 }
+
+// Fiber stacks, kept from launch to launch: a fresh 256 KB allocation is an mmap whose pages
+// fault in again at every launch.
+inline std::vector<std::unique_ptr<char[]>>& spare_stacks() {
+  static thread_local std::vector<std::unique_ptr<char[]>> stacks;
+  return stacks;
+}
+struct Stacks {
+  std::vector<std::unique_ptr<char[]>> held;
+  explicit Stacks(size_t n) {
+    auto& spare = spare_stacks();
+    while (held.size() < n && !spare.empty()) {
+      held.push_back(std::move(spare.back()));
+      spare.pop_back();
+    }
+    while (held.size() < n) held.emplace_back(new char[kStackBytes]);
+  }
+  ~Stacks() {
+    for (auto& s : held) spare_stacks().push_back(std::move(s));
+  }
+};
 
 // Releases the warp barriers that every lane of their mask has reached. Returns whether any was.
 inline bool release_warps(std::vector<Fiber>& fibers) {
@@ -294,7 +363,8 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
   const size_t threads = size_t(block.x) * block.y * block.z;
   BodyOf<F> body(std::move(body_fn));
   std::vector<Fiber> fibers(threads);
-  for (auto& f : fibers) f.stack.reset(new char[kStackBytes]);
+  Stacks stacks(threads);
+  for (size_t t = 0; t < threads; ++t) fibers[t].stack = stacks.held[t].get();
   std::vector<unsigned char> shared(shared_bytes + 16, 0xFF);
   std::vector<size_t> order(threads);
   for (size_t t = 0; t < threads; ++t) order[t] = t;
@@ -321,11 +391,7 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
           f.state = State::kReady;
           f.pending.clear();  // copies never waited for do not land
           f.committed = 0;
-          getcontext(&f.context);
-          f.context.uc_stack.ss_sp = f.stack.get();
-          f.context.uc_stack.ss_size = kStackBytes;
-          f.context.uc_link = &b.scheduler;
-          makecontext(&f.context, fiber_entry, 0);
+          start_context(f.context, f.stack, kStackBytes, fiber_entry, b.scheduler);
         }
         for (;;) {
           if (shuffled) shuffle(order);
@@ -333,7 +399,7 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, F body_fn) {
             Fiber& f = fibers[t];
             if (f.state != State::kReady) continue;
             b.current = &f;
-            swapcontext(&b.scheduler, &f.context);
+            switch_context(b.scheduler, f.context);
           }
           if (!fiber_error().empty()) break;
           size_t done = 0, at_block = 0, at_warp = 0;
