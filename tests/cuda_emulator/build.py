@@ -110,9 +110,14 @@ def build_base() -> Path:
     return Path(os.environ.get("LVMFAST_EMULATOR_BUILD", Path.home() / ".cache/lvmfast_emulator"))
 
 
-def load(families: list[str] = list(FAMILIES), verbose: bool = False):
-    """Compiles (or reuses) the emulated extension for `families` and loads it into torch.ops."""
+def load(families: list[str] | None = None, verbose: bool = False):
+    """Compiles (or reuses) the emulated extension for `families` and loads it into torch.ops.
+    By default all of them, or those of LVMFAST_EMULATOR_FAMILIES="sylvester ..." (a variant's
+    build for one family's tests need not compile the others)."""
     from torch.utils import cpp_extension
+
+    if families is None:
+        families = os.environ.get("LVMFAST_EMULATOR_FAMILIES", "").split() or list(FAMILIES)
 
     name = LIBRARY if families == list(FAMILIES) else f"{LIBRARY}_{'_'.join(families)}"
     # LVMFAST_EMULATOR_DEFINES="X=1 Y=2": the kernels' -D tuning constants, e.g. to run the
