@@ -81,8 +81,8 @@ def programs():
     return get
 
 
-def _run(program: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LVMFAST_EMULATED_SMS": "2"}  # the count VARIANTS' comments assume
+def _run(program: pathlib.Path, *args: str, sms: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LVMFAST_EMULATED_SMS": str(sms)}  # 2: the count VARIANTS' comments assume
     return subprocess.run([str(program), *args], capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -95,6 +95,19 @@ def test_every_kernel_matches_the_reference(programs, variant, tmp_path):
     # Householder kinds 2 + 5 each, Björck 1 + 1, householder_flow 1 + 2
     assert len(results) == 6 + 7 + 7 + 7 + 2 + 3
     assert all(r.startswith("ok") for r in results), "\n".join(results)
+
+
+def test_benchmark_shapes_as_an_h100_launches_them(programs, tmp_path):
+    """The default build at the benchmark batches (Sylvester B = 1024, Björck N = 1024,
+    householder_flow B = 8192) on 132 emulated SMs with 227 KB of shared memory a block, so the
+    grids, the wide-block choice and the samples a block walks are those of an H100 launch: what
+    gpu_kernels.sh checks there first, checked here before a GPU call is spent on it."""
+    run = _run(programs("default"), "--once", "--dump", str(tmp_path), sms=132)
+    assert run.returncode == 0, run.stderr
+    results = _module("check_kernel_dump").check(tmp_path)
+    assert len(results) == 6 + 7 + 7 + 7 + 2 + 3
+    assert all(r.startswith("ok") for r in results), "\n".join(results)
+    shutil.rmtree(tmp_path)  # 450 MB of dumps; kept when the check fails
 
 
 @pytest.mark.parametrize("variant", ["bjfullgram", "bjswizzle"])
