@@ -59,11 +59,12 @@ def backend_params(op):
     return params
 
 
-def slow_kernels(backend, device):
-    """Whether the kernels run interpreted (Triton on the CPU, about 50 ms a launch). gradcheck
-    then checks random projections of the Jacobian (fast_mode) instead of its every column, which
-    takes hundreds of launches for a flow op; the same tests check the native kernels in full, and
-    the Triton gradients are compared element by element with the float64 reference elsewhere."""
+def is_interpreted(backend, device):
+    """Whether the kernels run interpreted (Triton on the CPU, about 50 ms a launch). Tests then
+    take smaller shapes, and gradcheck checks random projections of the Jacobian (fast_mode)
+    instead of its every column, which takes hundreds of launches for a flow op; the native
+    kernels get the full check, and the Triton gradients are compared element by element with the
+    float64 reference in other tests."""
     return backend == "triton" and device == "cpu"
 
 

@@ -11,7 +11,7 @@ import lvmfast
 from lvmfast import _backend
 from lvmfast import reference as R
 from lvmfast.diffusion import Schedule, forward_chain, p_step, q_posterior, q_sample, sample
-from conftest import assert_close_rel, backend_params
+from conftest import assert_close_rel, backend_params, is_interpreted
 
 BACKENDS = backend_params("q_sample")
 CHAIN_BACKENDS = backend_params("forward_chain")
@@ -24,10 +24,6 @@ Z = 5.0
 def run(backend, fn, *args, **kwargs):
     with lvmfast.use_backend(backend):
         return fn(*args, **kwargs)
-
-
-def is_interpreted(backend, device):
-    return backend == "triton" and device == "cpu"
 
 
 def schedule_for(device, T=100, kind="linear", dtype=torch.float32):

@@ -6,7 +6,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import householder_flow as reference_householder
-from conftest import assert_close_rel, backend_params, slow_kernels
+from conftest import assert_close_rel, backend_params, is_interpreted
 
 BACKENDS = backend_params("householder_flow")
 SHAPES = [  # (B, T, L, shared v)
@@ -142,7 +142,7 @@ def nondet_tol(device, shared):
 def test_gradcheck(backend, device, shared):
     inputs = make_inputs(4, 3, 5, shared, torch.float64, device, zero_steps=(1,))
     with lvmfast.use_backend(backend):
-        fast = slow_kernels(backend, device)
+        fast = is_interpreted(backend, device)
         assert torch.autograd.gradcheck(lvmfast.householder_flow, make_inputs(4, 3, 5, shared, torch.float64, device),
                                         nondet_tol=nondet_tol(device, shared), fast_mode=fast)
         # a zero v_t: the function is not differentiable in that v_t (skip), so check z only
@@ -156,7 +156,7 @@ def test_double_backward_matches_reference(backend, device, shared):
     inputs = make_inputs(3, 2, 4, shared, torch.float64, device)
     with lvmfast.use_backend(backend):
         assert torch.autograd.gradgradcheck(lvmfast.householder_flow, inputs, nondet_tol=nondet_tol(device, shared),
-                                            fast_mode=slow_kernels(backend, device))
+                                            fast_mode=is_interpreted(backend, device))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -10,7 +10,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import log_mog as reference_log_mog
-from conftest import assert_close_rel, backend_params, slow_kernels
+from conftest import assert_close_rel, backend_params, is_interpreted
 
 BACKENDS = backend_params("log_mog")
 # The Triton interpreter is slow: it gets the small shapes only.
@@ -123,14 +123,14 @@ def test_non_contiguous_inputs(backend, device):
 def test_gradcheck(backend, device):
     inputs = make_inputs((4,), 3, 5, torch.float64, device, scale=1.0)
     with lvmfast.use_backend(backend):
-        assert torch.autograd.gradcheck(lvmfast.log_mog, inputs, fast_mode=slow_kernels(backend, device))
+        assert torch.autograd.gradcheck(lvmfast.log_mog, inputs, fast_mode=is_interpreted(backend, device))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_double_backward_matches_reference(backend, device):
     inputs = make_inputs((3,), 2, 3, torch.float64, device, scale=1.0)
     with lvmfast.use_backend(backend):
-        assert torch.autograd.gradgradcheck(lvmfast.log_mog, inputs, fast_mode=slow_kernels(backend, device))
+        assert torch.autograd.gradgradcheck(lvmfast.log_mog, inputs, fast_mode=is_interpreted(backend, device))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
