@@ -30,32 +30,27 @@ namespace {
 
 constexpr int kRows = 4;   // rows of C per micro-kernel call (kWideRows for narrow C, below)
 constexpr int kWideRows = 8;
-constexpr int kChunks = 4;  // vectors of C per row per micro-kernel call
+// vectors of C per row per micro-kernel call: 4 x 4 accumulators fill 16 of the 32 AVX-512
+// registers; with 32-byte vectors (AVX2, 16 registers) 4 x 2 and the loaded row leave room
+template <int B>
+constexpr int chunks_per_block() { return B >= 64 ? 4 : 2; }
 
 // Rows per micro-kernel call for C of `nchunks` vectors a row. A 4 x 1 or 4 x 2 block keeps
 // too few independent FMAs in flight (latency 4, two pipes) and loads a broadcast per FMA or
 // two; 8 rows double that, and 8 x 2 accumulators still fit the 32 AVX-512 registers (with
 // AVX2 they would spill: 16 registers of half the width).
-inline int rows_per_block(int64_t nchunks) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return nchunks <= 2 && avx512 ? kWideRows : kRows;
-#else
-  (void)nchunks;
-  return kRows;
-#endif
-}
+inline int rows_per_block(int64_t nchunks) { return nchunks <= 2 && wide_vectors() ? kWideRows : kRows; }
 
 // acc[r][c] += sum_k left[r * lr + k * lk] * right[k * rs + c * W], k < K: an R x NC block
 // of C = Left * Right, with left broadcast from memory and right read as vectors.
-template <typename T, int R, int NC>
-LVMFAST_INLINE void mk(typename Simd<T>::vec (&acc)[R][NC], const T* left, int64_t lr,
+template <typename T, int B, int R, int NC>
+LVMFAST_INLINE void mk(typename Simd<T, B>::vec (&acc)[R][NC], const T* left, int64_t lr,
                        int64_t lk, const T* right, int64_t rs, int64_t K) {
-  using V = typename Simd<T>::vec;
-  constexpr int W = Simd<T>::width;
+  using V = typename Simd<T, B>::vec;
+  constexpr int W = Simd<T, B>::width;
   for (int64_t k = 0; k < K; ++k) {
     V rv[NC];
-    for (int c = 0; c < NC; ++c) rv[c] = load(right + k * rs + c * W);
+    for (int c = 0; c < NC; ++c) rv[c] = load<T, B>(right + k * rs + c * W);
     for (int r = 0; r < R; ++r) {
       const T a = left[r * lr + k * lk];
       for (int c = 0; c < NC; ++c) acc[r][c] += a * rv[c];
@@ -64,53 +59,54 @@ LVMFAST_INLINE void mk(typename Simd<T>::vec (&acc)[R][NC], const T* left, int64
 }
 
 // What to do with a finished block: C = alpha * acc + beta * X (X may be null).
-template <typename T, int R, int NC>
-LVMFAST_INLINE void put(const typename Simd<T>::vec (&acc)[R][NC], T* out, int64_t os,
+template <typename T, int B, int R, int NC>
+LVMFAST_INLINE void put(const typename Simd<T, B>::vec (&acc)[R][NC], T* out, int64_t os,
                         T alpha, T beta, const T* x, int64_t xs) {
-  constexpr int W = Simd<T>::width;
+  constexpr int W = Simd<T, B>::width;
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < NC; ++c) {
-      typename Simd<T>::vec y = alpha * acc[r][c];
-      if (x != nullptr) y += beta * load(x + r * xs + c * W);
-      store(out + r * os + c * W, y);
+      typename Simd<T, B>::vec y = alpha * acc[r][c];
+      if (x != nullptr) y += beta * load<T, B>(x + r * xs + c * W);
+      store<T, B>(out + r * os + c * W, y);
     }
 }
 
 // One R x (NC vectors) block of out = alpha * (L1 R1 [+ L2 R2]) + beta X; left operands
 // are addressed as left[row * lr + k * lk], right ones are (K x Mp) row-major. The accumulators
 // are locals of this always-inlined function, so they live in registers.
-template <typename T, int R, int NC>
+template <typename T, int B, int R, int NC>
 LVMFAST_INLINE void gemm_block(T* o, int64_t Mp, const T* l1, int64_t lr1, int64_t lk1,
                                const T* r1, int64_t K1, const T* l2, int64_t lr2, int64_t lk2,
                                const T* r2, int64_t K2, T alpha, T beta, const T* xb) {
-  typename Simd<T>::vec acc[R][NC] = {};
-  mk<T, R, NC>(acc, l1, lr1, lk1, r1, Mp, K1);
-  if (l2 != nullptr) mk<T, R, NC>(acc, l2, lr2, lk2, r2, Mp, K2);
-  put<T, R, NC>(acc, o, Mp, alpha, beta, xb, Mp);
+  typename Simd<T, B>::vec acc[R][NC] = {};
+  mk<T, B, R, NC>(acc, l1, lr1, lk1, r1, Mp, K1);
+  if (l2 != nullptr) mk<T, B, R, NC>(acc, l2, lr2, lk2, r2, Mp, K2);
+  put<T, B, R, NC>(acc, o, Mp, alpha, beta, xb, Mp);
 }
 
 // out (rows x Mp, rows a multiple of R) = alpha * (L1 R1 [+ L2 R2]) + beta X, blocked.
 // upper: only the blocks on or right of the diagonal (the symmetric Gram matrix).
-template <typename T, int R>
+template <typename T, int B, int R>
 LVMFAST_INLINE void gemm_rows(T* out, int64_t rows, int64_t Mp, const T* l1, int64_t lr1,
                               int64_t lk1, const T* r1, int64_t K1, const T* l2, int64_t lr2,
                               int64_t lk2, const T* r2, int64_t K2, T alpha, T beta, const T* x,
                               bool upper) {
-  constexpr int W = Simd<T>::width;
+  constexpr int W = Simd<T, B>::width;
   const int64_t nchunks = Mp / W;
   for (int64_t i = 0; i < rows; i += R) {
-    for (int64_t c0 = upper ? i / W : 0; c0 < nchunks; c0 += kChunks) {
+    constexpr int chunks = chunks_per_block<B>();
+    for (int64_t c0 = upper ? i / W : 0; c0 < nchunks; c0 += chunks) {
       const int64_t col = c0 * W;
       T* o = out + i * Mp + col;
       const T* a1 = l1 + i * lr1;
       const T* a2 = l2 != nullptr ? l2 + i * lr2 : nullptr;
       const T* b2 = r2 != nullptr ? r2 + col : nullptr;
       const T* xb = x != nullptr ? x + i * Mp + col : nullptr;
-      switch (std::min<int64_t>(kChunks, nchunks - c0)) {
-        case 1: gemm_block<T, R, 1>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
-        case 2: gemm_block<T, R, 2>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
-        case 3: gemm_block<T, kRows, 3>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
-        default: gemm_block<T, kRows, 4>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+      switch (std::min<int64_t>(chunks, nchunks - c0)) {
+        case 1: gemm_block<T, B, R, 1>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        case 2: gemm_block<T, B, R, 2>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        case 3: gemm_block<T, B, kRows, 3>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
+        default: gemm_block<T, B, kRows, 4>(o, Mp, a1, lr1, lk1, r1 + col, K1, a2, lr2, lk2, b2, K2, alpha, beta, xb); break;
       }
     }
   }
@@ -122,21 +118,21 @@ struct Dims {
 };
 
 // out = alpha * (L1 R1 [+ L2 R2]) + beta X with the dims' row blocking (see rows_per_block).
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void gemm(T* out, int64_t rows, const Dims& d, const T* l1, int64_t lr1, int64_t lk1,
                          const T* r1, int64_t K1, const T* l2, int64_t lr2, int64_t lk2,
                          const T* r2, int64_t K2, T alpha, T beta, const T* x, bool upper) {
   if (d.rows == kWideRows)
-    gemm_rows<T, kWideRows>(out, rows, d.Mp, l1, lr1, lk1, r1, K1, l2, lr2, lk2, r2, K2, alpha, beta, x, upper);
+    gemm_rows<T, B, kWideRows>(out, rows, d.Mp, l1, lr1, lk1, r1, K1, l2, lr2, lk2, r2, K2, alpha, beta, x, upper);
   else
-    gemm_rows<T, kRows>(out, rows, d.Mp, l1, lr1, lk1, r1, K1, l2, lr2, lk2, r2, K2, alpha, beta, x, upper);
+    gemm_rows<T, B, kRows>(out, rows, d.Mp, l1, lr1, lk1, r1, K1, l2, lr2, lk2, r2, K2, alpha, beta, x, upper);
 }
 
 // A = Q^T Q (Mp x Mp, symmetric: the block upper triangle is computed and mirrored).
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void gram(const T* q, T* a, const Dims& d) {
-  constexpr int W = Simd<T>::width;
-  gemm<T>(a, d.Mp, d, q, 1, d.Mp, q, d.Dr, static_cast<const T*>(nullptr), 0, 0,
+  constexpr int W = Simd<T, B>::width;
+  gemm<T, B>(a, d.Mp, d, q, 1, d.Mp, q, d.Dr, static_cast<const T*>(nullptr), 0, 0,
           static_cast<const T*>(nullptr), 0, T(1), T(0), static_cast<const T*>(nullptr), true);
   for (int64_t i = 0; i < d.Mp; ++i)
     for (int64_t j = 0; j < (i / W) * W; ++j) a[i * d.Mp + j] = a[j * d.Mp + i];
@@ -144,14 +140,14 @@ LVMFAST_INLINE void gram(const T* q, T* a, const Dims& d) {
 
 // ||A - I||_F^2 over the true M x M block (the padding of A is zero), a vector per row chunk:
 // the scalar double loop cost as much as the products themselves for M = 16.
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE T distance_to_identity2(const T* a, const Dims& d) {
-  using V = typename Simd<T>::vec;
-  constexpr int W = Simd<T>::width;
+  using V = typename Simd<T, B>::vec;
+  constexpr int W = Simd<T, B>::width;
   V acc = {};
   for (int64_t i = 0; i < d.M; ++i)
     for (int64_t c = 0; c < d.Mp / W; ++c) {
-      V v = load(a + i * d.Mp + c * W);
+      V v = load<T, B>(a + i * d.Mp + c * W);
       if (c == i / W) v[i % W] -= T(1);
       acc += v * v;
     }
@@ -177,7 +173,7 @@ struct Keep {
 // taken before). keep (may be null): the steps to keep; a kept step's update is written straight
 // into its successor's slot when that is kept too, so storing every step copies nothing.
 // *result: the last Q, where the forward's output is.
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE int64_t run_steps_impl(T* work, T* work_a, const Dims& d, int64_t steps, T tol2,
                                       bool test, const Keep<T>* keep, const T** result) {
   const int64_t QS = d.Dr * d.Mp, AS = d.Mp * d.Mp;
@@ -186,14 +182,14 @@ LVMFAST_INLINE int64_t run_steps_impl(T* work, T* work_a, const Dims& d, int64_t
   for (; k < steps; ++k) {
     const int64_t slot = keep != nullptr ? keep->slot(k) : -1;
     T* a = slot >= 0 ? keep->as + slot * AS : work_a;
-    gram(q, a, d);
-    if (test && !(distance_to_identity2(a, d) > tol2)) break;  // converged (or not a number): this matrix stops here
+    gram<T, B>(q, a, d);
+    if (test && !(distance_to_identity2<T, B>(a, d) > tol2)) break;  // converged (or not a number): this matrix stops here
     if (slot >= 0 && q != keep->qs + slot * QS) std::memcpy(keep->qs + slot * QS, q, sizeof(T) * QS);
     if (!test && k + 1 == steps) break;
     // Q_{j+1} = 1.5 Q - 0.5 Q A
     const int64_t next = keep != nullptr ? keep->slot(k + 1) : -1;
     T* qn = next >= 0 ? keep->qs + next * QS : (q == work ? work + QS : work);
-    gemm<T>(qn, d.Dr, d, q, d.Mp, 1, a, d.M, static_cast<const T*>(nullptr), 0, 0,
+    gemm<T, B>(qn, d.Dr, d, q, d.Mp, 1, a, d.M, static_cast<const T*>(nullptr), 0, 0,
             static_cast<const T*>(nullptr), 0, T(-0.5), T(1.5), q, false);
     q = qn;
   }
@@ -205,33 +201,39 @@ LVMFAST_INLINE int64_t run_steps_impl(T* work, T* work_a, const Dims& d, int64_t
 // Q (S + S^T)) with S = Q^T G, into gn. S + S^T: for one vector a row (M <= W) the two-product
 // gemm Q^T G + G^T Q costs less than a scalar transpose; wider S is computed once and summed with
 // its transpose on the triangle.
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void backward_step_impl(const T* q, const T* a, const T* g, T* gn, T* s, T* ssym,
                                        const Dims& d) {
-  constexpr int W = Simd<T>::width;
+  constexpr int W = Simd<T, B>::width;
   if (d.Mp == W) {
-    gemm<T>(ssym, d.Mp, d, q, 1, d.Mp, g, d.Dr, g, 1, d.Mp, q, d.Dr, T(1), T(0),
+    gemm<T, B>(ssym, d.Mp, d, q, 1, d.Mp, g, d.Dr, g, 1, d.Mp, q, d.Dr, T(1), T(0),
             static_cast<const T*>(nullptr), false);
   } else {
-    gemm<T>(s, d.Mp, d, q, 1, d.Mp, g, d.Dr, static_cast<const T*>(nullptr), 0, 0,
+    gemm<T, B>(s, d.Mp, d, q, 1, d.Mp, g, d.Dr, static_cast<const T*>(nullptr), 0, 0,
             static_cast<const T*>(nullptr), 0, T(1), T(0), static_cast<const T*>(nullptr), false);
     for (int64_t i = 0; i < d.Mp; ++i)
       for (int64_t c = i; c < d.Mp; ++c)
         ssym[i * d.Mp + c] = ssym[c * d.Mp + i] = s[i * d.Mp + c] + s[c * d.Mp + i];
   }
-  gemm<T>(gn, d.Dr, d, g, d.Mp, 1, a, d.M, q, d.Mp, 1, ssym, d.M, T(-0.5), T(1.5), g, false);
+  gemm<T, B>(gn, d.Dr, d, g, d.Mp, 1, a, d.M, q, d.Mp, 1, ssym, d.M, T(-0.5), T(1.5), g, false);
 }
 
-// Multiversioned entry points; the backward calls the same run_steps as the forward.
+// Multiversioned entry points; the backward calls the same run_steps as the forward. 64-byte
+// vectors with AVX-512, 32-byte ones otherwise (simd.h): the same sums in the same order but
+// the norm's lanes, and Dims' padding (to 64 bytes) is a multiple of both.
 #define LVMFAST_BJ_ENTRY(T)                                                                    \
   LVMFAST_MULTIVERSION int64_t run_steps(T* work, T* work_a, const Dims& d, int64_t steps,     \
                                          T tol2, bool test, const Keep<T>* keep,               \
                                          const T** result) {                                   \
-    return run_steps_impl<T>(work, work_a, d, steps, tol2, test, keep, result);                \
+    return wide_vectors() ? run_steps_impl<T, 64>(work, work_a, d, steps, tol2, test, keep, result) \
+                          : run_steps_impl<T, 32>(work, work_a, d, steps, tol2, test, keep, result); \
   }                                                                                            \
   LVMFAST_MULTIVERSION void backward_step(const T* q, const T* a, const T* g, T* gn, T* s,     \
                                           T* ssym, const Dims& d) {                            \
-    backward_step_impl<T>(q, a, g, gn, s, ssym, d);                                            \
+    if (wide_vectors())                                                                        \
+      backward_step_impl<T, 64>(q, a, g, gn, s, ssym, d);                                      \
+    else                                                                                       \
+      backward_step_impl<T, 32>(q, a, g, gn, s, ssym, d);                                      \
   }
 LVMFAST_BJ_ENTRY(float)
 LVMFAST_BJ_ENTRY(double)

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -11,13 +12,32 @@
 
 namespace lvmfast {
 
-// One vector of 64 bytes: the compiler lowers it to one AVX-512 register, two AVX2 registers or
-// four SSE registers, depending on the clone being compiled (LVMFAST_MULTIVERSION).
-template <typename T>
+// One vector of 64 bytes (by default): the compiler lowers it to one AVX-512 register, two AVX2
+// registers or four SSE registers, depending on the clone being compiled (LVMFAST_MULTIVERSION).
+// Without AVX-512, GCC 12 lowers register blocks of 64-byte vectors badly (spills, broadcasts
+// built element by element on the stack: Björck ran 145x slower on an AVX2-only EPYC than on an
+// AVX-512 one), so kernels with such blocks also take Bytes = 32 there (wide_vectors()).
+template <typename T, int Bytes = 64>
 struct Simd {
-  typedef T vec __attribute__((vector_size(64)));
-  static constexpr int width = 64 / sizeof(T);
+  typedef T vec __attribute__((vector_size(Bytes)));
+  static constexpr int width = Bytes / int(sizeof(T));
 };
+
+// Whether the kernels take 64-byte blocks: with AVX-512, unless LVMFAST_CPU_VECTOR_BYTES=32
+// (or =64 to force them, as the tests do to check both kinds on one machine).
+inline bool wide_vectors() {
+  static const bool wide = [] {
+    const char* env = std::getenv("LVMFAST_CPU_VECTOR_BYTES");
+    if (env != nullptr && (std::strcmp(env, "32") == 0 || std::strcmp(env, "64") == 0))
+      return std::strcmp(env, "64") == 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    return __builtin_cpu_supports("avx512f") != 0;
+#else
+    return true;
+#endif
+  }();
+  return wide;
+}
 
 }  // namespace lvmfast
 
@@ -36,14 +56,14 @@ namespace lvmfast {
 
 // Unaligned vector load and store (memcpy: no aliasing or alignment assumptions; compiles to
 // one vector move).
-template <typename T>
-LVMFAST_INLINE typename Simd<T>::vec load(const T* p) {
-  typename Simd<T>::vec x;
+template <typename T, int Bytes = 64>
+LVMFAST_INLINE typename Simd<T, Bytes>::vec load(const T* p) {
+  typename Simd<T, Bytes>::vec x;
   std::memcpy(&x, p, sizeof(x));
   return x;
 }
-template <typename T>
-LVMFAST_INLINE void store(T* p, typename Simd<T>::vec x) {
+template <typename T, int Bytes = 64>
+LVMFAST_INLINE void store(T* p, typename Simd<T, Bytes>::vec x) {
   std::memcpy(p, &x, sizeof(x));
 }
 
