@@ -68,6 +68,22 @@ def is_interpreted(backend, device):
     return backend == "triton" and device == "cpu"
 
 
+def rerun_in_vector_width(test_file, vector_bytes, selection):
+    """Runs the tests of `test_file` that `selection` (-k) picks in a new process whose CPU
+    kernels take `vector_bytes`-byte vector blocks: 64 with AVX-512, 32 without (csrc/cpu/simd.h).
+    LVMFAST_CPU_VECTOR_BYTES forces either, so one machine checks both against the reference (the
+    one its CPU lacks runs slowly, and correctly)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LVMFAST_CPU_VECTOR_BYTES": vector_bytes, "LVMFAST_TEST_SEED": str(SEED)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file),
+                          "-k", selection], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(test_file))), timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout
+
+
 @pytest.fixture(scope="session")
 def emulated_cuda():
     """torch.ops.lvmfast_emulated: the real CUDA sources (kernels/ and csrc/cuda/) compiled against

@@ -6,7 +6,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import householder_flow as reference_householder
-from conftest import assert_close_rel, backend_params, is_interpreted
+from conftest import assert_close_rel, backend_params, is_interpreted, rerun_in_vector_width
 
 BACKENDS = backend_params("householder_flow")
 SHAPES = [  # (B, T, L, shared v)
@@ -298,3 +298,8 @@ def test_cuda_graph_capture(backend):
     graph.replay()
     torch.cuda.synchronize()
     assert_close_rel(out, reference_householder(z.double().cpu(), v.double().cpu()), 2e-5, "output")
+
+
+@pytest.mark.parametrize("vector_bytes", ["32", "64"])
+def test_cpu_kernels_in_both_vector_widths(vector_bytes):
+    rerun_in_vector_width(__file__, vector_bytes, "native-cpu and not compile")

@@ -4,7 +4,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import bjorck_orthonormalize as reference_bjorck
-from conftest import assert_close_rel, backend_params
+from conftest import assert_close_rel, backend_params, rerun_in_vector_width
 
 BACKENDS = backend_params("bjorck_orthonormalize")
 SHAPES = [(0, 4, 3), (3, 0, 4, 2), (1, 1, 1), (5, 7, 3), (3, 5, 5), (2, 3, 16, 16), (4, 9, 1),
@@ -362,16 +361,8 @@ def test_cuda_graph_capture_no_sync(backend):
     assert_close_rel(out, reference_bjorck(q.double().cpu(), 30, 1e-6), 5e-5, "output")
 
 
+
 @pytest.mark.parametrize("vector_bytes", ["32", "64"])
 def test_cpu_kernels_in_both_vector_widths(vector_bytes):
-    """The CPU kernels take 64-byte vector blocks with AVX-512 and 32-byte ones without
-    (csrc/cpu/simd.h); LVMFAST_CPU_VECTOR_BYTES forces either, so that this machine checks both
-    against the reference (the other one runs slowly here, and correctly)."""
-    from conftest import SEED
-
-    env = {**os.environ, "LVMFAST_CPU_VECTOR_BYTES": vector_bytes, "LVMFAST_TEST_SEED": str(SEED)}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "native-cpu and (matches_reference or stops_on_its_own or gradcheck)"],
-                         capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and " failed" not in run.stdout
+    rerun_in_vector_width(__file__, vector_bytes,
+                          "native-cpu and (matches_reference or stops_on_its_own or gradcheck)")

@@ -21,14 +21,18 @@ namespace {
 
 // Horizontal sum as a tree (halving the vector twice, then 16 bytes by hand): each
 // reflection waits on its dot products, so their latency, not the adds, sets the pace.
-template <typename T>
-LVMFAST_INLINE T hsum(typename Simd<T>::vec v) {
+template <typename T, int B>
+LVMFAST_INLINE T hsum(typename Simd<T, B>::vec v) {
+  static_assert(B == 32 || B == 64, "16-byte halves of a 32- or 64-byte vector");
   typedef T half_vec __attribute__((vector_size(32)));
   typedef T quarter_vec __attribute__((vector_size(16)));
-  half_vec a, b;
+  half_vec a;
   std::memcpy(&a, &v, 32);
-  std::memcpy(&b, reinterpret_cast<const char*>(&v) + 32, 32);
-  a += b;
+  if constexpr (B == 64) {
+    half_vec b;
+    std::memcpy(&b, reinterpret_cast<const char*>(&v) + 32, 32);
+    a += b;
+  }
   quarter_vec c, d;
   std::memcpy(&c, &a, 16);
   std::memcpy(&d, reinterpret_cast<const char*>(&a) + 16, 16);
@@ -48,32 +52,32 @@ LVMFAST_INLINE void load_padded(const T* src, T* dst, int64_t L, int64_t Lp) {
 }
 
 // v . v and v . a over a padded row.
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void dots2(const T* v, const T* a, int64_t Lp, T& vv, T& va) {
-  using V = typename Simd<T>::vec;
-  constexpr int W = Simd<T>::width;
+  using V = typename Simd<T, B>::vec;
+  constexpr int W = Simd<T, B>::width;
   V s0{}, s1{};
   for (int64_t l = 0; l < Lp; l += W) {
-    const V x = load(v + l);
+    const V x = load<T, B>(v + l);
     s0 += x * x;
-    s1 += x * load(a + l);
+    s1 += x * load<T, B>(a + l);
   }
-  vv = hsum<T>(s0), va = hsum<T>(s1);
+  vv = hsum<T, B>(s0), va = hsum<T, B>(s1);
 }
 
 // v . v, v . a and v . b over a padded row.
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void dots3(const T* v, const T* a, const T* b, int64_t Lp, T& vv, T& va, T& vb) {
-  using V = typename Simd<T>::vec;
-  constexpr int W = Simd<T>::width;
+  using V = typename Simd<T, B>::vec;
+  constexpr int W = Simd<T, B>::width;
   V s0{}, s1{}, s2{};
   for (int64_t l = 0; l < Lp; l += W) {
-    const V x = load(v + l);
+    const V x = load<T, B>(v + l);
     s0 += x * x;
-    s1 += x * load(a + l);
-    s2 += x * load(b + l);
+    s1 += x * load<T, B>(a + l);
+    s2 += x * load<T, B>(b + l);
   }
-  vv = hsum<T>(s0), va = hsum<T>(s1), vb = hsum<T>(s2);
+  vv = hsum<T, B>(s0), va = hsum<T, B>(s1), vb = hsum<T, B>(s2);
 }
 
 // Asks for the next row's v_t while this row works on its own: the walk over v is
@@ -83,15 +87,16 @@ LVMFAST_INLINE void prefetch_row_chunk(const T* p, int64_t L) {
   for (int64_t l = 0; l < L; l += 64 / sizeof(T)) __builtin_prefetch(p + l);
 }
 
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void axpy(T* z, T c, const T* v, int64_t Lp) {
-  using V = typename Simd<T>::vec;
-  for (int64_t l = 0; l < Lp; l += Simd<T>::width) store(z + l, load(z + l) - c * load(v + l));
+  using V = typename Simd<T, B>::vec;
+  for (int64_t l = 0; l < Lp; l += Simd<T, B>::width)
+    store<T, B>(z + l, load<T, B>(z + l) - c * load<T, B>(v + l));
 }
 
 // Forward for rows [r0, r1). v_stride: elements between rows of v (0 when shared).
 // vbuf: T * Lp scratch holding the padded v rows of the current row.
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void forward_rows_impl(const T* z, const T* v, T* out, int64_t r0, int64_t r1,
                                       int64_t T_, int64_t L, int64_t Lp, int64_t v_stride,
                                       const T* shared_coef, T* zb, T* vbuf) {
@@ -112,10 +117,10 @@ LVMFAST_INLINE void forward_rows_impl(const T* z, const T* v, T* out, int64_t r0
         }
       }
       T n, s;
-      dots2(vt, zb, Lp, n, s);
+      dots2<T, B>(vt, zb, Lp, n, s);
       if (v_stride == 0) n = shared_coef[t];
       if (n == T(0)) continue;  // a zero vector: no reflection
-      axpy(zb, T(2) * s / n, vt, Lp);
+      axpy<T, B>(zb, T(2) * s / n, vt, Lp);
     }
     std::memcpy(out + r * L, zb, sizeof(T) * L);
   }
@@ -123,13 +128,13 @@ LVMFAST_INLINE void forward_rows_impl(const T* z, const T* v, T* out, int64_t r0
 
 // Backward for rows [r0, r1): writes grad_z rows, and grad_v rows (amortized) or adds into the
 // (T, Lp) per-thread accumulator gv_acc (shared).
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void backward_rows_impl(const T* grad, const T* out, const T* v, T* gz, T* gv,
                                        T* gv_acc, int64_t r0, int64_t r1, int64_t T_, int64_t L,
                                        int64_t Lp, int64_t v_stride, const T* shared_coef, T* zb,
                                        T* gb, T* vbuf, T* gvb) {
-  using V = typename Simd<T>::vec;
-  constexpr int W = Simd<T>::width;
+  using V = typename Simd<T, B>::vec;
+  constexpr int W = Simd<T, B>::width;
   for (int64_t r = r0; r < r1; ++r) {
     load_padded(out + r * L, zb, L, Lp);
     load_padded(grad + r * L, gb, L, Lp);
@@ -148,7 +153,7 @@ LVMFAST_INLINE void backward_rows_impl(const T* grad, const T* out, const T* v, 
         }
       }
       T n, s, h;
-      dots3(vt, zb, gb, Lp, n, s, h);
+      dots3<T, B>(vt, zb, gb, Lp, n, s, h);
       if (v_stride == 0) n = shared_coef[t];
       if (n == T(0)) {
         if (v_stride != 0) std::fill(gv + (r * T_ + t) * L, gv + (r * T_ + t + 1) * L, T(0));
@@ -160,16 +165,16 @@ LVMFAST_INLINE void backward_rows_impl(const T* grad, const T* out, const T* v, 
       T* const gv_row = v_stride == 0 ? nullptr : gv + (r * T_ + t) * L;
       T* dst = v_stride == 0 ? gv_acc + t * Lp : (L == Lp ? gv_row : gvb);
       for (int64_t l = 0; l < Lp; l += W) {
-        const V x = load(vt + l), zt = load(zb + l), gt = load(gb + l);
+        const V x = load<T, B>(vt + l), zt = load<T, B>(zb + l), gt = load<T, B>(gb + l);
         const V zp = zt - cs * x;
         const V g = cs * gt - ch * zp - c2sh * x;
         if (v_stride == 0) {
-          store(dst + l, load(dst + l) + g);
+          store<T, B>(dst + l, load<T, B>(dst + l) + g);
         } else {
-          store(dst + l, g);
+          store<T, B>(dst + l, g);
         }
-        store(zb + l, zp);
-        store(gb + l, gt - ch * x);
+        store<T, B>(zb + l, zp);
+        store<T, B>(gb + l, gt - ch * x);
       }
       if (v_stride != 0 && L != Lp) std::memcpy(gv_row, gvb, sizeof(T) * L);
     }
@@ -177,19 +182,27 @@ LVMFAST_INLINE void backward_rows_impl(const T* grad, const T* out, const T* v, 
   }
 }
 
-// Multiversioned entry points (non-template, so target_clones applies).
+// Multiversioned entry points (non-template, so target_clones applies), in 64-byte vectors with
+// AVX-512 and 32-byte ones otherwise (simd.h); Lp, padded to 64 bytes, is a multiple of both.
 #define LVMFAST_HH_ENTRY(T)                                                                      \
   LVMFAST_MULTIVERSION void forward_rows(const T* z, const T* v, T* out, int64_t r0, int64_t r1, \
                                          int64_t T_, int64_t L, int64_t Lp, int64_t vs,          \
                                          const T* sc, T* zb, T* vbuf) {                          \
-    forward_rows_impl<T>(z, v, out, r0, r1, T_, L, Lp, vs, sc, zb, vbuf);                        \
+    if (wide_vectors())                                                                          \
+      forward_rows_impl<T, 64>(z, v, out, r0, r1, T_, L, Lp, vs, sc, zb, vbuf);                  \
+    else                                                                                         \
+      forward_rows_impl<T, 32>(z, v, out, r0, r1, T_, L, Lp, vs, sc, zb, vbuf);                  \
   }                                                                                              \
   LVMFAST_MULTIVERSION void backward_rows(const T* grad, const T* out, const T* v, T* gz, T* gv, \
                                           T* acc, int64_t r0, int64_t r1, int64_t T_, int64_t L, \
                                           int64_t Lp, int64_t vs, const T* sc, T* zb, T* gb,     \
                                           T* vbuf, T* gvb) {                                     \
-    backward_rows_impl<T>(grad, out, v, gz, gv, acc, r0, r1, T_, L, Lp, vs, sc, zb, gb, vbuf,   \
-                          gvb);                                                                  \
+    if (wide_vectors())                                                                          \
+      backward_rows_impl<T, 64>(grad, out, v, gz, gv, acc, r0, r1, T_, L, Lp, vs, sc, zb, gb,    \
+                                vbuf, gvb);                                                      \
+    else                                                                                         \
+      backward_rows_impl<T, 32>(grad, out, v, gz, gv, acc, r0, r1, T_, L, Lp, vs, sc, zb, gb,    \
+                                vbuf, gvb);                                                      \
   }
 LVMFAST_HH_ENTRY(float)
 LVMFAST_HH_ENTRY(double)
