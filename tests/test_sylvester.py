@@ -5,7 +5,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import sylvester_flow as reference_sylvester
-from conftest import assert_close_rel, backend_params, is_interpreted
+from conftest import assert_close_rel, backend_params, is_interpreted, rerun_in_vector_width
 
 BACKENDS = backend_params("sylvester_flow")
 KINDS = ["triangular", "reverse", "orthogonal", "householder"]
@@ -465,3 +465,8 @@ def test_float32_tanh_elementwise_accuracy(backend, device):
     assert (gb_err <= 1e-6 * exact_gb + gb_abs).all(), gb_err.max()
     nan_out, _ = run(backend, z, r1, r2, torch.full((1, M), float("nan"), **f32))
     assert torch.isnan(nan_out).all()
+
+
+@pytest.mark.parametrize("vector_bytes", ["32", "64"])
+def test_cpu_kernels_in_both_vector_widths(vector_bytes):
+    rerun_in_vector_width(__file__, vector_bytes, "native-cpu and not compile and not opcheck")

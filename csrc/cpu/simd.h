@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -97,86 +99,89 @@ inline void stream_fence() {
 #endif
 }
 
-// exp for a vector, accurate to ~2 ulp for float, using only arithmetic the
+// The lane type of a vector type V (Simd<T, Bytes>::vec).
+template <typename V>
+using lane_t = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
+
+// exp for a vector of any width, accurate to ~2 ulp for float, using only arithmetic the
 // compiler vectorizes: x = n ln2 + r, exp(r) by a polynomial, 2^n by exponent bits.
-// Inputs below the underflow threshold (including -inf) give exactly 0.
-LVMFAST_INLINE Simd<float>::vec vexp(Simd<float>::vec x) {
-  using V = Simd<float>::vec;
-  typedef int32_t VI __attribute__((vector_size(64)));
-  const VI lo = x < -87.0f;  // all ones where the result underflows
-  x = x < -87.0f ? V{} - 87.0f : x;
-  x = x > 88.0f ? V{} + 88.0f : x;
-  V n = x * 1.44269504088896341f + 0.5f;
-  VI ni = __builtin_convertvector(n, VI);
-  ni -= (VI)(n < __builtin_convertvector(ni, V)) & 1;  // floor for negative n
-  const V fn = __builtin_convertvector(ni, V);
-  V r = x - fn * 0.693359375f;
-  r = r + fn * 2.12194440e-4f;
-  V p = 1.9875691500e-4f + V{};
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  VI bits = (ni + 127) << 23;
-  V scale;
-  std::memcpy(&scale, &bits, sizeof(V));
-  V y = p * scale;
-  VI ybits;
-  std::memcpy(&ybits, &y, sizeof(V));
-  ybits &= ~lo;
-  std::memcpy(&y, &ybits, sizeof(V));
-  return y;
+// Inputs below the underflow threshold (including -inf) give exactly 0. Double inputs are the
+// accuracy path (tests, float64 users): exact libm exp.
+template <typename V>
+LVMFAST_INLINE V vexp(V x) {
+  if constexpr (std::is_same_v<lane_t<V>, double>) {
+    V y;
+    for (size_t i = 0; i < sizeof(V) / sizeof(double); ++i) y[i] = std::exp(x[i]);
+    return y;
+  } else {
+    typedef int32_t VI __attribute__((vector_size(sizeof(V))));
+    const VI lo = x < -87.0f;  // all ones where the result underflows
+    x = x < -87.0f ? V{} - 87.0f : x;
+    x = x > 88.0f ? V{} + 88.0f : x;
+    V n = x * 1.44269504088896341f + 0.5f;
+    VI ni = __builtin_convertvector(n, VI);
+    ni -= (VI)(n < __builtin_convertvector(ni, V)) & 1;  // floor for negative n
+    const V fn = __builtin_convertvector(ni, V);
+    V r = x - fn * 0.693359375f;
+    r = r + fn * 2.12194440e-4f;
+    V p = 1.9875691500e-4f + V{};
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    VI bits = (ni + 127) << 23;
+    V scale;
+    std::memcpy(&scale, &bits, sizeof(V));
+    V y = p * scale;
+    VI ybits;
+    std::memcpy(&ybits, &y, sizeof(V));
+    ybits &= ~lo;
+    std::memcpy(&y, &ybits, sizeof(V));
+    return y;
+  }
 }
 
-// Double inputs are the accuracy path (tests, float64 users): exact libm exp.
-LVMFAST_INLINE Simd<double>::vec vexp(Simd<double>::vec x) {
-  Simd<double>::vec y;
-  for (int i = 0; i < Simd<double>::width; ++i) y[i] = std::exp(x[i]);
-  return y;
-}
-
-// tanh for a vector: an odd Taylor polynomial (to x^15) below |x| = 0.5, where its truncation
-// error is under 1e-8 relative, and 1 - 2 / (e^{2|x|} + 1) above, where the fraction is at most
-// 0.54 so the subtraction loses no digits. Past |x| = 9.01 the fraction is under half an ulp of
-// 1 and the result rounds to +-1 exactly, as libm's does (the clamp at 10 only keeps exp finite
-// for huge or infinite x). At most 2 ulp; NaN stays NaN. (libm's scalar tanhf went through
-// expm1f and was a quarter of the Sylvester flow's CPU time.)
-LVMFAST_INLINE Simd<float>::vec vtanh(Simd<float>::vec x) {
-  using V = Simd<float>::vec;
-  const V ax = x < 0.0f ? -x : x;
-  const V e = vexp(2.0f * (ax < 10.0f ? ax : V{} + 10.0f));
-  const V big = 1.0f - 2.0f / (e + 1.0f);
-  const V x2 = ax * ax;
-  V p = V{} - 929569.0f / 638512875.0f;
-  p = p * x2 + 21844.0f / 6081075.0f;
-  p = p * x2 - 1382.0f / 155925.0f;
-  p = p * x2 + 62.0f / 2835.0f;
-  p = p * x2 - 17.0f / 315.0f;
-  p = p * x2 + 2.0f / 15.0f;
-  p = p * x2 - 1.0f / 3.0f;
-  const V small = ax + ax * x2 * p;
-  const V t = ax < 0.5f ? small : big;
-  const V signed_t = x < 0.0f ? -t : t;
-  return x != x ? x : signed_t;
-}
-
-// Double inputs are the accuracy path: libm.
-LVMFAST_INLINE Simd<double>::vec vtanh(Simd<double>::vec x) {
-  Simd<double>::vec y;
-  for (int i = 0; i < Simd<double>::width; ++i) y[i] = std::tanh(x[i]);
-  return y;
+// tanh for a vector of any width: an odd Taylor polynomial (to x^15) below |x| = 0.5, where its
+// truncation error is under 1e-8 relative, and 1 - 2 / (e^{2|x|} + 1) above, where the fraction
+// is at most 0.54 so the subtraction loses no digits. Past |x| = 9.01 the fraction is under half
+// an ulp of 1 and the result rounds to +-1 exactly, as libm's does (the clamp at 10 only keeps
+// exp finite for huge or infinite x). At most 2 ulp; NaN stays NaN. (libm's scalar tanhf went
+// through expm1f and was a quarter of the Sylvester flow's CPU time.) Double: libm.
+template <typename V>
+LVMFAST_INLINE V vtanh(V x) {
+  if constexpr (std::is_same_v<lane_t<V>, double>) {
+    V y;
+    for (size_t i = 0; i < sizeof(V) / sizeof(double); ++i) y[i] = std::tanh(x[i]);
+    return y;
+  } else {
+    const V ax = x < 0.0f ? -x : x;
+    const V e = vexp(2.0f * (ax < 10.0f ? ax : V{} + 10.0f));
+    const V big = 1.0f - 2.0f / (e + 1.0f);
+    const V x2 = ax * ax;
+    V p = V{} - 929569.0f / 638512875.0f;
+    p = p * x2 + 21844.0f / 6081075.0f;
+    p = p * x2 - 1382.0f / 155925.0f;
+    p = p * x2 + 62.0f / 2835.0f;
+    p = p * x2 - 17.0f / 315.0f;
+    p = p * x2 + 2.0f / 15.0f;
+    p = p * x2 - 1.0f / 3.0f;
+    const V small = ax + ax * x2 * p;
+    const V t = ax < 0.5f ? small : big;
+    const V signed_t = x < 0.0f ? -t : t;
+    return x != x ? x : signed_t;
+  }
 }
 
 // x[0:n] = tanh(x[0:n]), whole vectors; the ragged end goes through one zero-padded vector.
-template <typename T>
+template <typename T, int Bytes = 64>
 LVMFAST_INLINE void tanh_inplace(T* x, int64_t n) {
-  constexpr int W = Simd<T>::width;
+  constexpr int W = Simd<T, Bytes>::width;
   int64_t i = 0;
-  for (; i + W <= n; i += W) store(x + i, vtanh(load(x + i)));
+  for (; i + W <= n; i += W) store<T, Bytes>(x + i, vtanh(load<T, Bytes>(x + i)));
   if (i < n) {
-    typename Simd<T>::vec v{};
+    typename Simd<T, Bytes>::vec v{};
     std::memcpy(&v, x + i, sizeof(T) * (n - i));
     v = vtanh(v);
     std::memcpy(x + i, &v, sizeof(T) * (n - i));

@@ -24,10 +24,10 @@
 namespace lvmfast {
 namespace {
 
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE T dot(const T* x, const T* y, int64_t n) {
-  using V = typename Simd<T>::vec;
-  constexpr int W = Simd<T>::width;
+  using V = typename Simd<T, B>::vec;
+  constexpr int W = Simd<T, B>::width;
   V acc0{}, acc1{};
   int64_t i = 0;
   for (; i + 2 * W <= n; i += 2 * W) {
@@ -128,7 +128,7 @@ LVMFAST_INLINE void apply_qt(const Args<T>& p, const T* Q, const T* v, T* y) {
 }
 
 // out = base + Q c (out may alias nothing).
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void apply_q_add(const Args<T>& p, const T* Q, const T* base, const T* c, T* out) {
   const int64_t D = p.D, M = p.M;
   if (p.qkind == SylvesterQ::kIdentity) {
@@ -136,19 +136,19 @@ LVMFAST_INLINE void apply_q_add(const Args<T>& p, const T* Q, const T* base, con
   } else if (p.qkind == SylvesterQ::kReverse) {
     for (int64_t d = 0; d < D; ++d) out[d] = base[d] + c[D - 1 - d];
   } else {
-    for (int64_t d = 0; d < D; ++d) out[d] = base[d] + dot(Q + d * M, c, M);
+    for (int64_t d = 0; d < D; ++d) out[d] = base[d] + dot<T, B>(Q + d * M, c, M);
   }
 }
 
 // a = R2 y + b (upper triangle only), h = tanh(a).
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void hidden(const T* R2, const T* bv, const T* y, T* h, int64_t M) {
-  for (int64_t m = 0; m < M; ++m) h[m] = dot(R2 + m * M + m, y + m, M - m) + bv[m];
-  tanh_inplace(h, M);
+  for (int64_t m = 0; m < M; ++m) h[m] = dot<T, B>(R2 + m * M + m, y + m, M - m) + bv[m];
+  tanh_inplace<T, B>(h, M);
 }
 
 // scratch: 3 M elements.
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void forward_sample(const Args<T>& p, int64_t n, T* out, T* logdet, T* scratch) {
   const int64_t D = p.D, M = p.M;
   const T* z = p.z + n * D;
@@ -157,13 +157,13 @@ LVMFAST_INLINE void forward_sample(const Args<T>& p, int64_t n, T* out, T* logde
   const T* Q = p.q == nullptr ? nullptr : p.q + n * p.q_bs;
   T *y = scratch, *h = scratch + M, *c = scratch + 2 * M;
   apply_qt(p, Q, z, y);
-  hidden(R2, p.b + n * p.b_bs, y, h, M);
+  hidden<T, B>(R2, p.b + n * p.b_bs, y, h, M);
   T ld = 0;
   for (int64_t m = 0; m < M; ++m) {
     ld += std::log(std::abs(T(1) + (T(1) - h[m] * h[m]) * R1[m * M + m] * R2[m * M + m]));
-    c[m] = dot(R1 + m * M + m, h + m, M - m);
+    c[m] = dot<T, B>(R1 + m * M + m, h + m, M - m);
   }
-  apply_q_add(p, Q, z, c, out + n * D);
+  apply_q_add<T, B>(p, Q, z, c, out + n * D);
   logdet[n] = ld;
 }
 
@@ -173,7 +173,7 @@ struct BackwardSinks {
 };
 
 // scratch: 9 M elements.
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void backward_sample(const Args<T>& p, int64_t n, const T* gout, const T* glog,
                                     T* gz_all, const BackwardSinks<T>& sink, T* scratch) {
   const int64_t D = p.D, M = p.M;
@@ -198,7 +198,7 @@ LVMFAST_INLINE void backward_sample(const Args<T>& p, int64_t n, const T* gout, 
     apply_qt(p, Q, z, y);
     apply_qt(p, Q, g, gc);
   }
-  hidden(R2, p.b + n * p.b_bs, y, h, M);
+  hidden<T, B>(R2, p.b + n * p.b_bs, y, h, M);
   // log-det terms: their h-gradient goes into ga (below), their diagonal ones into dg1, dg2.
   for (int64_t m = 0; m < M; ++m) {
     const T r1d = R1[m * M + m], r2d = R2[m * M + m];
@@ -215,7 +215,7 @@ LVMFAST_INLINE void backward_sample(const Args<T>& p, int64_t n, const T* gout, 
   std::fill(gh, gh + M, T(0));
   for (int64_t m = 0; m < M; ++m) {
     const T* row = R1 + m * M + m;
-    if (dense) c[m] = dot(row, h + m, M - m);
+    if (dense) c[m] = dot<T, B>(row, h + m, M - m);
     axpy(gc[m], row, gh + m, M - m);
   }
   write_triangle(sink.r1.at(n), sink.r1.accumulate, gc, h, dg1, M);
@@ -228,32 +228,45 @@ LVMFAST_INLINE void backward_sample(const Args<T>& p, int64_t n, const T* gout, 
   // grad_z = g + Q gy; then grad_q = z gy^T + g c^T.
   T* gz = gz_all + n * D;
   if (dense) {
-    for (int64_t d = 0; d < D; ++d) gz[d] = g[d] + dot(Q + d * M, gy, M);
+    for (int64_t d = 0; d < D; ++d) gz[d] = g[d] + dot<T, B>(Q + d * M, gy, M);
     T* gq = sink.q.at(n);
     for (int64_t d = 0; d < D; ++d) write_scaled(gq + d * M, sink.q.accumulate, z[d], gy, g[d], c, M);
   } else {
-    apply_q_add(p, Q, g, gy, gz);
+    apply_q_add<T, B>(p, Q, g, gy, gz);
   }
 }
 
-// Multiversioned entry points over a range of samples (non-template, so target_clones applies).
+// Multiversioned entry points over a range of samples (non-template, so target_clones applies),
+// in 64-byte vectors with AVX-512 and 32-byte ones otherwise (simd.h).
 LVMFAST_MULTIVERSION void forward_range(const Args<float>& p, int64_t n0, int64_t n1, float* out,
                                         float* logdet, float* scratch) {
-  for (int64_t n = n0; n < n1; ++n) forward_sample<float>(p, n, out, logdet, scratch);
+  if (wide_vectors())
+    for (int64_t n = n0; n < n1; ++n) forward_sample<float, 64>(p, n, out, logdet, scratch);
+  else
+    for (int64_t n = n0; n < n1; ++n) forward_sample<float, 32>(p, n, out, logdet, scratch);
 }
 LVMFAST_MULTIVERSION void forward_range(const Args<double>& p, int64_t n0, int64_t n1, double* out,
                                         double* logdet, double* scratch) {
-  for (int64_t n = n0; n < n1; ++n) forward_sample<double>(p, n, out, logdet, scratch);
+  if (wide_vectors())
+    for (int64_t n = n0; n < n1; ++n) forward_sample<double, 64>(p, n, out, logdet, scratch);
+  else
+    for (int64_t n = n0; n < n1; ++n) forward_sample<double, 32>(p, n, out, logdet, scratch);
 }
 LVMFAST_MULTIVERSION void backward_range(const Args<float>& p, int64_t n0, int64_t n1,
                                          const float* gout, const float* glog, float* gz,
                                          const BackwardSinks<float>& sink, float* scratch) {
-  for (int64_t n = n0; n < n1; ++n) backward_sample<float>(p, n, gout, glog, gz, sink, scratch);
+  if (wide_vectors())
+    for (int64_t n = n0; n < n1; ++n) backward_sample<float, 64>(p, n, gout, glog, gz, sink, scratch);
+  else
+    for (int64_t n = n0; n < n1; ++n) backward_sample<float, 32>(p, n, gout, glog, gz, sink, scratch);
 }
 LVMFAST_MULTIVERSION void backward_range(const Args<double>& p, int64_t n0, int64_t n1,
                                          const double* gout, const double* glog, double* gz,
                                          const BackwardSinks<double>& sink, double* scratch) {
-  for (int64_t n = n0; n < n1; ++n) backward_sample<double>(p, n, gout, glog, gz, sink, scratch);
+  if (wide_vectors())
+    for (int64_t n = n0; n < n1; ++n) backward_sample<double, 64>(p, n, gout, glog, gz, sink, scratch);
+  else
+    for (int64_t n = n0; n < n1; ++n) backward_sample<double, 32>(p, n, gout, glog, gz, sink, scratch);
 }
 
 void check_cpu(const at::Tensor& z) {
