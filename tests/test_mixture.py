@@ -10,7 +10,7 @@ import torch
 import lvmfast
 from lvmfast import _backend
 from lvmfast.reference import log_mog as reference_log_mog
-from conftest import assert_close_rel, backend_params, is_interpreted
+from conftest import assert_close_rel, backend_params, is_interpreted, rerun_in_vector_width
 
 BACKENDS = backend_params("log_mog")
 # The Triton interpreter is slow: it gets the small shapes only.
@@ -267,3 +267,8 @@ def test_cuda_large_batch_against_reference(backend):
     assert_close_rel(out, ref, 1e-5, "output")
     for g, rg in zip(grads, ref_grads):
         assert_close_rel(g, rg, 1e-4, "grad")
+
+
+@pytest.mark.parametrize("vector_bytes", ["32", "64"])
+def test_cpu_kernels_in_both_vector_widths(vector_bytes):
+    rerun_in_vector_width(__file__, vector_bytes, "native-cpu and not compile and not opcheck")

@@ -25,17 +25,17 @@ namespace {
 
 constexpr int kRows = 6;  // rows per register block: 6 x W accumulators stay in registers
 
-template <typename T>
-LVMFAST_INLINE T hmax(typename Simd<T>::vec v) {
+template <typename T, int B>
+LVMFAST_INLINE T hmax(typename Simd<T, B>::vec v) {
   T m = v[0];
-  for (int i = 1; i < Simd<T>::width; ++i) m = v[i] > m ? v[i] : m;
+  for (int i = 1; i < Simd<T, B>::width; ++i) m = v[i] > m ? v[i] : m;
   return m;
 }
 
-template <typename T>
-LVMFAST_INLINE T hsum(typename Simd<T>::vec v) {
+template <typename T, int B>
+LVMFAST_INLINE T hsum(typename Simd<T, B>::vec v) {
   T s = 0;
-  for (int i = 0; i < Simd<T>::width; ++i) s += v[i];
+  for (int i = 0; i < Simd<T, B>::width; ++i) s += v[i];
   return s;
 }
 
@@ -48,10 +48,10 @@ struct Params {
 };
 
 // s[r] for `rows` rows against the W components starting at k0.
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void block_scores(const Params<T>& p, const T* zb, int64_t k0,
-                                 typename Simd<T>::vec* s) {
-  using V = typename Simd<T>::vec;
+                                 typename Simd<T, B>::vec* s) {
+  using V = typename Simd<T, B>::vec;
   V acc[kRows] = {};
   for (int64_t l = 0; l < p.L; ++l) {
     V m, q;
@@ -67,40 +67,40 @@ LVMFAST_INLINE void block_scores(const Params<T>& p, const T* zb, int64_t k0,
   for (int r = 0; r < kRows; ++r) s[r] = c - T(0.5) * acc[r];
 }
 
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void forward_rows_impl(const Params<T>& p, const T* zb, T* out) {
-  using V = typename Simd<T>::vec;
-  constexpr int W = Simd<T>::width;
+  using V = typename Simd<T, B>::vec;
+  constexpr int W = Simd<T, B>::width;
   const T ninf = -std::numeric_limits<T>::infinity();
   T mx[kRows], sum[kRows];
   for (int r = 0; r < kRows; ++r) mx[r] = ninf, sum[r] = 0;
   for (int64_t k0 = 0; k0 < p.Kp; k0 += W) {
     V s[kRows];
-    block_scores(p, zb, k0, s);
+    block_scores<T, B>(p, zb, k0, s);
     for (int r = 0; r < kRows; ++r) {
-      const T bm = hmax<T>(s[r]);
+      const T bm = hmax<T, B>(s[r]);
       if (bm == ninf) continue;  // all components of this block switched off
       if (bm > mx[r]) {
         sum[r] *= std::exp(mx[r] - bm);
         mx[r] = bm;
       }
-      sum[r] += hsum<T>(vexp(s[r] - mx[r]));
+      sum[r] += hsum<T, B>(vexp(s[r] - mx[r]));
     }
   }
   for (int r = 0; r < kRows; ++r) out[r] = mx[r] + std::log(sum[r]);
 }
 
 // Accumulates this row block's share of grad_z (into gz), wdiff, wsq (L, Kp) and wsum (Kp).
-template <typename T>
+template <typename T, int B>
 LVMFAST_INLINE void backward_rows_impl(const Params<T>& p, const T* zb, const T* grad,
                                        const T* out, T* gz, T* gzv, T* wdiff, T* wsq, T* wsum) {
-  using V = typename Simd<T>::vec;
-  constexpr int W = Simd<T>::width;
+  using V = typename Simd<T, B>::vec;
+  constexpr int W = Simd<T, B>::width;
   // gzv: (kRows, L) vectors of per-lane partial sums of grad_z, reduced across lanes at the end.
   std::fill(gzv, gzv + kRows * p.L * W, T(0));
   for (int64_t k0 = 0; k0 < p.Kp; k0 += W) {
     V s[kRows];
-    block_scores(p, zb, k0, s);
+    block_scores<T, B>(p, zb, k0, s);
     V resp[kRows];
     V rsum{};
     for (int r = 0; r < kRows; ++r) {
@@ -139,22 +139,35 @@ LVMFAST_INLINE void backward_rows_impl(const Params<T>& p, const T* zb, const T*
     }
 }
 
-// The multiversioned entry points (non-template, so target_clones applies).
+// The multiversioned entry points (non-template, so target_clones applies), in 64-byte vectors
+// with AVX-512 and 32-byte ones otherwise (simd.h); Kp and gzv are sized for 64, enough for both.
 LVMFAST_MULTIVERSION void forward_rows(const Params<float>& p, const float* zb, float* out) {
-  forward_rows_impl<float>(p, zb, out);
+  if (wide_vectors())
+    forward_rows_impl<float, 64>(p, zb, out);
+  else
+    forward_rows_impl<float, 32>(p, zb, out);
 }
 LVMFAST_MULTIVERSION void forward_rows(const Params<double>& p, const double* zb, double* out) {
-  forward_rows_impl<double>(p, zb, out);
+  if (wide_vectors())
+    forward_rows_impl<double, 64>(p, zb, out);
+  else
+    forward_rows_impl<double, 32>(p, zb, out);
 }
 LVMFAST_MULTIVERSION void backward_rows(const Params<float>& p, const float* zb, const float* grad,
                                         const float* out, float* gz, float* gzv, float* wdiff,
                                         float* wsq, float* wsum) {
-  backward_rows_impl<float>(p, zb, grad, out, gz, gzv, wdiff, wsq, wsum);
+  if (wide_vectors())
+    backward_rows_impl<float, 64>(p, zb, grad, out, gz, gzv, wdiff, wsq, wsum);
+  else
+    backward_rows_impl<float, 32>(p, zb, grad, out, gz, gzv, wdiff, wsq, wsum);
 }
 LVMFAST_MULTIVERSION void backward_rows(const Params<double>& p, const double* zb,
                                         const double* grad, const double* out, double* gz,
                                         double* gzv, double* wdiff, double* wsq, double* wsum) {
-  backward_rows_impl<double>(p, zb, grad, out, gz, gzv, wdiff, wsq, wsum);
+  if (wide_vectors())
+    backward_rows_impl<double, 64>(p, zb, grad, out, gz, gzv, wdiff, wsq, wsum);
+  else
+    backward_rows_impl<double, 32>(p, zb, grad, out, gz, gzv, wdiff, wsq, wsum);
 }
 
 // Transposed, padded copies of the component parameters.
