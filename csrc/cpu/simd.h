@@ -103,6 +103,14 @@ inline void stream_fence() {
 template <typename V>
 using lane_t = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
 
+// f applied to each lane of x (the double paths: libm, exact).
+template <typename V, typename F>
+LVMFAST_INLINE V lanewise(V x, F f) {
+  V y;
+  for (size_t i = 0; i < sizeof(V) / sizeof(lane_t<V>); ++i) y[i] = f(x[i]);
+  return y;
+}
+
 // exp for a vector of any width, accurate to ~2 ulp for float, using only arithmetic the
 // compiler vectorizes: x = n ln2 + r, exp(r) by a polynomial, 2^n by exponent bits.
 // Inputs below the underflow threshold (including -inf) give exactly 0. Double inputs are the
@@ -110,9 +118,7 @@ using lane_t = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>
 template <typename V>
 LVMFAST_INLINE V vexp(V x) {
   if constexpr (std::is_same_v<lane_t<V>, double>) {
-    V y;
-    for (size_t i = 0; i < sizeof(V) / sizeof(double); ++i) y[i] = std::exp(x[i]);
-    return y;
+    return lanewise(x, [](double v) { return std::exp(v); });
   } else {
     typedef int32_t VI __attribute__((vector_size(sizeof(V))));
     const VI lo = x < -87.0f;  // all ones where the result underflows
@@ -152,9 +158,7 @@ LVMFAST_INLINE V vexp(V x) {
 template <typename V>
 LVMFAST_INLINE V vtanh(V x) {
   if constexpr (std::is_same_v<lane_t<V>, double>) {
-    V y;
-    for (size_t i = 0; i < sizeof(V) / sizeof(double); ++i) y[i] = std::tanh(x[i]);
-    return y;
+    return lanewise(x, [](double v) { return std::tanh(v); });
   } else {
     const V ax = x < 0.0f ? -x : x;
     const V e = vexp(2.0f * (ax < 10.0f ? ax : V{} + 10.0f));

@@ -3,7 +3,8 @@
 // this header instead of the CUDA toolkit's).
 //
 // Model: a launch runs its blocks one after another. Each thread of a block is a fiber with its
-// own stack (switched by a few instructions on x86-64, by ucontext elsewhere); one OS thread switches between them at every barrier, so __syncthreads and
+// own stack (switched by a few instructions on x86-64, by ucontext elsewhere); one OS thread
+// switches between them at every barrier, so __syncthreads and
 // the warp shuffles are exact: a fiber waits until every thread of its block (of its warp, for a
 // shuffle) has reached a barrier. Between barriers the threads run in a shuffled
 // order, so a missing barrier shows up whichever thread index reads first. A barrier that can never
