@@ -11,7 +11,7 @@ import lvmfast
 from lvmfast import _backend
 from lvmfast import reference as R
 from lvmfast.diffusion import Schedule, forward_chain, p_step, q_posterior, q_sample, sample
-from conftest import assert_close_rel, backend_params, is_interpreted
+from conftest import assert_close_rel, backend_params, is_interpreted, rerun_in_vector_width
 
 BACKENDS = backend_params("q_sample")
 CHAIN_BACKENDS = backend_params("forward_chain")
@@ -260,6 +260,44 @@ def test_native_noise_is_one_stream_across_dtypes_and_shapes():
     chain = ops.forward_chain(x.double(), torch.tensor([[0.0, 1.0]] * 2, dtype=torch.float64), seed)
     torch.testing.assert_close(chain[0], n64)  # step 0 of the chain is stream 0
     assert not torch.equal(chain[1], chain[0])
+
+
+_NOISE_IN_A_WIDTH = """
+import sys, torch, lvmfast
+from lvmfast.diffusion import Schedule
+ops, s = torch.ops.lvmfast, Schedule.linear(10)
+seed = torch.tensor([0x5DEECE66D1234567])  # both key words nonzero
+out = {}
+for dtype in (torch.float32, torch.float64):
+    x = torch.zeros(37, 29, dtype=dtype)
+    out[dtype] = ops.q_sample(x, torch.zeros(37, dtype=torch.long), s.table("q", dtype), None, seed)[1]
+    out[(dtype, "chain")] = ops.forward_chain(x, torch.tensor([[0.5, 0.7]] * 3, dtype=dtype), seed)
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_native_noise_is_the_same_in_both_vector_widths(tmp_path):
+    """The CPU kernels make their normals in 16-lane vectors (Philox with AVX-512 intrinsics, or
+    generic vector code) or 8-lane ones (Philox with AVX2 intrinsics, or generic), by instruction set
+    and LVMFAST_CPU_VECTOR_BYTES: every such build gives the very same noise, so a seed means one
+    stream on every CPU."""
+    import os
+
+    runs = {}
+    for vector_bytes in ("32", "64"):
+        path = tmp_path / f"noise{vector_bytes}.pt"
+        res = subprocess.run([sys.executable, "-c", _NOISE_IN_A_WIDTH, str(path)], capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "LVMFAST_CPU_VECTOR_BYTES": vector_bytes})
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[vector_bytes] = torch.load(path)
+    for key, noise in runs["32"].items():
+        assert noise.abs().max() > 1 and noise.std() > 0.5, key  # real noise, not zeros
+        assert torch.equal(noise, runs["64"][key]), key
+
+
+@pytest.mark.parametrize("vector_bytes", ["32", "64"])
+def test_cpu_kernels_in_both_vector_widths(vector_bytes):
+    rerun_in_vector_width(__file__, vector_bytes, "native-cpu and not compile and not opcheck")
 
 
 # ------------------------------------------------------------------ reproducibility

@@ -4,10 +4,10 @@
 // index) in kernels/diffusion.cuh.
 //
 // Threads split the flat element range into chunks of 64 elements (16 Philox groups); a chunk
-// makes its 64 normals at once with 16-lane vectors (Philox with AVX-512 intrinsics where the CPU
-// has them, log, sqrt, sin/cos written with compiler vector types so that they vectorize on every
-// x86 level), then walks the rows it overlaps, gathering each row's coefficients once. float64 uses libm for the normals: it is
-// the accuracy path.
+// makes its 64 normals at once (Philox with AVX-512 or AVX2 intrinsics where the CPU has them;
+// log, sqrt, sin/cos written with compiler vector types of 16 lanes with AVX-512 and 8 without,
+// so that they vectorize on every x86 level), then walks the rows it overlaps, gathering each
+// row's coefficients once. float64 uses libm for the normals: it is the accuracy path.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -31,12 +31,18 @@ namespace lvmfast {
 namespace {
 
 constexpr int kChunk = 64;            // elements per generator call
-constexpr int kGroups = kChunk / 4;   // Philox groups per chunk (one 16-lane vector)
+constexpr int kGroups = kChunk / 4;   // Philox groups per chunk
 
-typedef uint32_t VU __attribute__((vector_size(64)));
-typedef int32_t VI __attribute__((vector_size(64)));
-typedef float VF __attribute__((vector_size(64)));
-typedef uint64_t VU64 __attribute__((vector_size(128)));
+// The lanes of a Bytes-byte vector: 16 with AVX-512, 8 without (simd.h: GCC 12 lowers the math
+// below on 64-byte vectors lane by lane through the stack in the AVX2 clone, 2x slower than torch).
+template <int Bytes>
+struct Lanes {
+  typedef uint32_t U __attribute__((vector_size(Bytes)));
+  typedef int32_t I __attribute__((vector_size(Bytes)));
+  typedef float F __attribute__((vector_size(Bytes)));
+  typedef uint64_t U64 __attribute__((vector_size(2 * Bytes)));
+  static constexpr int n = Bytes / 4;
+};
 
 template <typename To, typename From>
 LVMFAST_INLINE To bitcast(const From& v) {
@@ -48,16 +54,17 @@ LVMFAST_INLINE To bitcast(const From& v) {
 
 // log(u) for u in [2^-32, 1]: u = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m) by a degree-9
 // minimax polynomial in m - 1 (the classic single-precision scheme), ~1 ulp.
-LVMFAST_INLINE VF vlog(VF u) {
-  const VI bits = bitcast<VI>(u);
-  VI e = ((bits >> 23) & 0xff) - 127;
-  VF m = bitcast<VF>((bits & 0x7fffff) | 0x3f800000);  // [1, 2)
-  const VI big = m > 1.41421356f;                      // all ones where true
+template <typename F, typename I>
+LVMFAST_INLINE F vlog(F u) {
+  const I bits = bitcast<I>(u);
+  I e = ((bits >> 23) & 0xff) - 127;
+  F m = bitcast<F>((bits & 0x7fffff) | 0x3f800000);  // [1, 2)
+  const I big = m > 1.41421356f;                     // all ones where true
   m = big ? m * 0.5f : m;
   e -= big;
-  const VF f = m - 1.0f;
-  const VF z = f * f;
-  VF p = 7.0376836292e-2f + VF{};
+  const F f = m - 1.0f;
+  const F z = f * f;
+  F p = 7.0376836292e-2f + F{};
   p = p * f - 1.1514610310e-1f;
   p = p * f + 1.1676998740e-1f;
   p = p * f - 1.2420140846e-1f;
@@ -66,28 +73,29 @@ LVMFAST_INLINE VF vlog(VF u) {
   p = p * f + 2.0000714765e-1f;
   p = p * f - 2.4999993993e-1f;
   p = p * f + 3.3333331174e-1f;
-  const VF ef = __builtin_convertvector(e, VF);
-  VF y = f * z * p - 2.12194440e-4f * ef - 0.5f * z;
+  const F ef = __builtin_convertvector(e, F);
+  F y = f * z * p - 2.12194440e-4f * ef - 0.5f * z;
   return f + y + 0.693359375f * ef;
 }
 
 // sin and cos of 2 pi u for u in [0, 1): quadrant q = round(4u), r = 2 pi (u - q/4) in
 // [-pi/4, pi/4], minimax polynomials there, then the quadrant's swap and signs.
-LVMFAST_INLINE void vsincos_turn(VF u, VF* s_out, VF* c_out) {
-  const VI q = __builtin_convertvector(u * 4.0f + 0.5f, VI);  // u >= 0: truncation is floor
-  const VF r = (u - __builtin_convertvector(q, VF) * 0.25f) * 6.28318530717958648f;
-  const VF r2 = r * r;
-  VF s = -1.9515295891e-4f + VF{};
+template <typename F, typename I>
+LVMFAST_INLINE void vsincos_turn(F u, F* s_out, F* c_out) {
+  const I q = __builtin_convertvector(u * 4.0f + 0.5f, I);  // u >= 0: truncation is floor
+  const F r = (u - __builtin_convertvector(q, F) * 0.25f) * 6.28318530717958648f;
+  const F r2 = r * r;
+  F s = -1.9515295891e-4f + F{};
   s = s * r2 + 8.3321608736e-3f;
   s = s * r2 - 1.6666654611e-1f;
   s = s * r2 * r + r;
-  VF c = 2.443315711809948e-5f + VF{};
+  F c = 2.443315711809948e-5f + F{};
   c = c * r2 - 1.388731625493765e-3f;
   c = c * r2 + 4.166664568298827e-2f;
   c = c * r2 * r2 - 0.5f * r2 + 1.0f;
-  const VI swap = (q & 1) != 0;
-  VF sin_v = swap ? c : s;
-  VF cos_v = swap ? s : c;
+  const I swap = (q & 1) != 0;
+  F sin_v = swap ? c : s;
+  F cos_v = swap ? s : c;
   sin_v = (q & 2) != 0 ? -sin_v : sin_v;
   cos_v = ((q + 1) & 2) != 0 ? -cos_v : cos_v;
   *s_out = sin_v;
@@ -97,39 +105,48 @@ LVMFAST_INLINE void vsincos_turn(VF u, VF* s_out, VF* c_out) {
 // sqrt(x) for x >= 0 as x / sqrt(x) from a bit-level first guess of 1 / sqrt(x) and three
 // Newton steps (~1 ulp): plain arithmetic that vectorizes in every clone, where a per-lane
 // sqrtf keeps its errno path and stays scalar. x = 0 gives 0.
-LVMFAST_INLINE VF vsqrt(VF x) {
-  VF y = bitcast<VF>(0x5f3759df - (bitcast<VI>(x) >> 1));
-  const VF half_x = 0.5f * x;
+template <typename F, typename I>
+LVMFAST_INLINE F vsqrt(F x) {
+  F y = bitcast<F>(0x5f3759df - (bitcast<I>(x) >> 1));
+  const F half_x = 0.5f * x;
   y = y * (1.5f - half_x * y * y);
   y = y * (1.5f - half_x * y * y);
   y = y * (1.5f - half_x * y * y);
   return x * y;
 }
 
-// Philox words of the 16 groups g0 .. g0 + 15 of stream `stream`: words[k][l] is word k of
-// group g0 + l. Chosen once at load: AVX-512 where the CPU has it (its 32 x 32 -> 64-bit
-// multiply, vpmuludq, is what Philox needs; compilers do not find it from generic vector code),
-// else generic 16-lane vector code that each compiler target lowers as it can.
-typedef void (*Philox16Fn)(uint64_t seed, uint32_t stream, uint64_t g0, VU words[4]);
+// Philox words of the kGroups groups g0 .. g0 + 15 of stream `stream`: words[k][l] is word k of
+// group g0 + l. The implementation is chosen once at load, by instruction set: Philox needs a
+// 32 x 32 -> 64-bit multiply per lane (vpmuludq), which compilers do not find from generic vector
+// code, so AVX-512 and AVX2 have intrinsics; every version gives the same words.
+typedef void (*PhiloxFn)(uint64_t seed, uint32_t stream, uint64_t g0, uint32_t words[4][kGroups]);
 
-LVMFAST_INLINE void philox16_setup(uint32_t stream, uint64_t g0, VU c[4]) {
-  const VU iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+// The counters of the n groups g0 .. g0 + n - 1: (g0 + l as two words, stream, 0).
+template <int Bytes>
+LVMFAST_INLINE void philox_setup(uint32_t stream, uint64_t g0, typename Lanes<Bytes>::U c[4]) {
+  typedef typename Lanes<Bytes>::U U;
+  U iota;
+  for (int l = 0; l < Lanes<Bytes>::n; ++l) iota[l] = static_cast<uint32_t>(l);
   const uint32_t lo = static_cast<uint32_t>(g0);
   c[0] = lo + iota;
-  c[1] = static_cast<uint32_t>(g0 >> 32) + VU{};
-  c[1] -= (VU)(c[0] < lo);  // carry into the high word (the compare gives all ones where it wrapped)
-  c[2] = stream + VU{};
-  c[3] = VU{};
+  c[1] = static_cast<uint32_t>(g0 >> 32) + U{};
+  c[1] -= (U)(c[0] < lo);  // carry into the high word (the compare gives all ones where it wrapped)
+  c[2] = stream + U{};
+  c[3] = U{};
 }
 
-void philox16_generic(uint64_t seed, uint32_t stream, uint64_t g0, VU c[4]) {
-  philox16_setup(stream, g0, c);
+void philox_generic(uint64_t seed, uint32_t stream, uint64_t g0, uint32_t words[4][kGroups]) {
+  typedef Lanes<64>::U U;
+  typedef Lanes<64>::U64 U64;
+  static_assert(Lanes<64>::n == kGroups, "one vector of groups");
+  U c[4];
+  philox_setup<64>(stream, g0, c);
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
-    const VU64 p0 = __builtin_convertvector(c[0], VU64) * 0xD2511F53ull;
-    const VU64 p1 = __builtin_convertvector(c[2], VU64) * 0xCD9E8D57ull;
-    const VU hi0 = __builtin_convertvector(p0 >> 32, VU), lo0 = __builtin_convertvector(p0, VU);
-    const VU hi1 = __builtin_convertvector(p1 >> 32, VU), lo1 = __builtin_convertvector(p1, VU);
+    const U64 p0 = __builtin_convertvector(c[0], U64) * 0xD2511F53ull;
+    const U64 p1 = __builtin_convertvector(c[2], U64) * 0xCD9E8D57ull;
+    const U hi0 = __builtin_convertvector(p0 >> 32, U), lo0 = __builtin_convertvector(p0, U);
+    const U hi1 = __builtin_convertvector(p1 >> 32, U), lo1 = __builtin_convertvector(p1, U);
     c[0] = hi1 ^ c[1] ^ k0;
     c[1] = lo1;
     c[2] = hi0 ^ c[3] ^ k1;
@@ -137,12 +154,14 @@ void philox16_generic(uint64_t seed, uint32_t stream, uint64_t g0, VU c[4]) {
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
+  std::memcpy(words, c, sizeof(c));
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx512f"))) void philox16_avx512(uint64_t seed, uint32_t stream, uint64_t g0,
-                                                          VU c[4]) {
-  philox16_setup(stream, g0, c);
+__attribute__((target("avx512f"))) void philox_avx512(uint64_t seed, uint32_t stream, uint64_t g0,
+                                                        uint32_t words[4][kGroups]) {
+  Lanes<64>::U c[4];
+  philox_setup<64>(stream, g0, c);
   __m512i x[4];
   std::memcpy(x, c, sizeof(x));
   const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
@@ -162,50 +181,97 @@ __attribute__((target("avx512f"))) void philox16_avx512(uint64_t seed, uint32_t 
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  std::memcpy(c, x, sizeof(x));
+  std::memcpy(words, x, sizeof(x));
 }
 
-Philox16Fn pick_philox16() {
+// The same rounds on two 8-lane halves, interleaved so that each multiply's latency is hidden
+// behind the other half's.
+__attribute__((target("avx2"))) void philox_avx2(uint64_t seed, uint32_t stream, uint64_t g0,
+                                                   uint32_t words[4][kGroups]) {
+  constexpr int kHalves = kGroups / Lanes<32>::n;
+  __m256i x[kHalves][4];
+  for (int h = 0; h < kHalves; ++h) {
+    Lanes<32>::U c[4];
+    philox_setup<32>(stream, g0 + h * Lanes<32>::n, c);
+    std::memcpy(x[h], c, sizeof(c));
+  }
+  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53u), m1 = _mm256_set1_epi64x(0xCD9E8D57u);
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0));
+    const __m256i key1 = _mm256_set1_epi32(static_cast<int>(k1));
+    for (int h = 0; h < kHalves; ++h) {
+      __m256i* v = x[h];
+      const __m256i e0 = _mm256_mul_epu32(v[0], m0), o0 = _mm256_mul_epu32(_mm256_srli_epi64(v[0], 32), m0);
+      const __m256i e1 = _mm256_mul_epu32(v[2], m1), o1 = _mm256_mul_epu32(_mm256_srli_epi64(v[2], 32), m1);
+      const __m256i lo0 = _mm256_blend_epi32(e0, _mm256_slli_epi64(o0, 32), 0xAA);
+      const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(e0, 32), o0, 0xAA);
+      const __m256i lo1 = _mm256_blend_epi32(e1, _mm256_slli_epi64(o1, 32), 0xAA);
+      const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(e1, 32), o1, 0xAA);
+      v[0] = _mm256_xor_si256(_mm256_xor_si256(hi1, v[1]), key0);
+      v[1] = lo1;
+      v[2] = _mm256_xor_si256(_mm256_xor_si256(hi0, v[3]), key1);
+      v[3] = lo0;
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  for (int h = 0; h < kHalves; ++h)
+    for (int k = 0; k < 4; ++k)
+      std::memcpy(words[k] + h * Lanes<32>::n, &x[h][k], sizeof(__m256i));
+}
+
+// By instruction set, and by the vector width the kernels were told to use (LVMFAST_CPU_VECTOR_BYTES,
+// simd.h), so that one machine's tests run two of the three versions.
+PhiloxFn pick_philox() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") ? &philox16_avx512 : &philox16_generic;
+  if (wide_vectors()) return __builtin_cpu_supports("avx512f") ? &philox_avx512 : &philox_generic;
+  return __builtin_cpu_supports("avx2") ? &philox_avx2 : &philox_generic;
 }
 #else
-Philox16Fn pick_philox16() { return &philox16_generic; }
+PhiloxFn pick_philox() { return &philox_generic; }
 #endif
 
-const Philox16Fn philox16 = pick_philox16();
+const PhiloxFn philox = pick_philox();
 
 // The 64 normals of stream `stream` for the chunk of groups g0 .. g0 + 15: out[16 k + l] is
-// normal k of group g0 + l (the element order of kernels/diffusion.cuh).
-LVMFAST_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0,
-                                       float* out) {
-  VU c[4];
-  philox16(seed, stream, g0, c);
-  const VF u1a = __builtin_convertvector(bitcast<VI>(c[0] >> 1), VF) * 4.656612873077393e-10f + 2.3283064365386963e-10f;
-  const VF u2a = __builtin_convertvector(bitcast<VI>(c[1] >> 8), VF) * 5.960464477539063e-08f;
-  const VF u1b = __builtin_convertvector(bitcast<VI>(c[2] >> 1), VF) * 4.656612873077393e-10f + 2.3283064365386963e-10f;
-  const VF u2b = __builtin_convertvector(bitcast<VI>(c[3] >> 8), VF) * 5.960464477539063e-08f;
-  const VF ra = vsqrt(-2.0f * vlog(u1a)), rb = vsqrt(-2.0f * vlog(u1b));
-  VF sa, ca, sb, cb;
-  vsincos_turn(u2a, &sa, &ca);
-  vsincos_turn(u2b, &sb, &cb);
-  const VF n[4] = {ra * ca, ra * sa, rb * cb, rb * sb};
-  std::memcpy(out, n, sizeof(n));
+// normal k of group g0 + l (the element order of kernels/diffusion.cuh), in Bytes-byte vectors.
+template <int Bytes>
+LVMFAST_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0, float* out) {
+  typedef typename Lanes<Bytes>::U U;
+  typedef typename Lanes<Bytes>::I I;
+  typedef typename Lanes<Bytes>::F F;
+  alignas(64) uint32_t words[4][kGroups];
+  philox(seed, stream, g0, words);
+  for (int l0 = 0; l0 < kGroups; l0 += Lanes<Bytes>::n) {
+    U c[4];
+    for (int k = 0; k < 4; ++k) std::memcpy(&c[k], words[k] + l0, sizeof(U));
+    const F u1a = __builtin_convertvector(bitcast<I>(c[0] >> 1), F) * 4.656612873077393e-10f + 2.3283064365386963e-10f;
+    const F u2a = __builtin_convertvector(bitcast<I>(c[1] >> 8), F) * 5.960464477539063e-08f;
+    const F u1b = __builtin_convertvector(bitcast<I>(c[2] >> 1), F) * 4.656612873077393e-10f + 2.3283064365386963e-10f;
+    const F u2b = __builtin_convertvector(bitcast<I>(c[3] >> 8), F) * 5.960464477539063e-08f;
+    const F ra = vsqrt<F, I>(-2.0f * vlog<F, I>(u1a)), rb = vsqrt<F, I>(-2.0f * vlog<F, I>(u1b));
+    F sa, ca, sb, cb;
+    vsincos_turn<F, I>(u2a, &sa, &ca);
+    vsincos_turn<F, I>(u2b, &sb, &cb);
+    const F n[4] = {ra * ca, ra * sa, rb * cb, rb * sb};
+    for (int k = 0; k < 4; ++k) std::memcpy(out + k * kGroups + l0, &n[k], sizeof(F));
+  }
 }
 
-LVMFAST_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0,
-                                       double* out) {
+template <int Bytes>
+LVMFAST_INLINE void normals_chunk_impl(uint64_t seed, uint32_t stream, uint64_t g0, double* out) {
   constexpr double kTwoPi = 6.283185307179586476925286766559;
-  VU c[4];
-  philox16(seed, stream, g0, c);
+  alignas(64) uint32_t c[4][kGroups];
+  philox(seed, stream, g0, c);
   for (int l = 0; l < kGroups; ++l) {
     const double ra = std::sqrt(-2.0 * std::log(rng::uniform_open0_d(c[0][l])));
     const double rb = std::sqrt(-2.0 * std::log(rng::uniform_open0_d(c[2][l])));
     const double ta = kTwoPi * rng::uniform_turn_d(c[1][l]), tb = kTwoPi * rng::uniform_turn_d(c[3][l]);
     out[l] = ra * std::cos(ta);
-    out[16 + l] = ra * std::sin(ta);
-    out[32 + l] = rb * std::cos(tb);
-    out[48 + l] = rb * std::sin(tb);
+    out[kGroups + l] = ra * std::sin(ta);
+    out[2 * kGroups + l] = rb * std::cos(tb);
+    out[3 * kGroups + l] = rb * std::sin(tb);
   }
 }
 
@@ -227,11 +293,11 @@ struct RowsArgs {
   int64_t D, N;
 };
 
-template <bool HasY, bool HasNoise, bool Stream, typename T>
+template <bool HasY, bool HasNoise, bool Stream, int Bytes, typename T>
 LVMFAST_INLINE void combine(const T* x, const T* y, const T* n, T* out, int64_t len, T c0, T c1,
                             T cn) {
-  using V = typename Simd<T>::vec;
-  constexpr int W = Simd<T>::width;
+  using V = typename Simd<T, Bytes>::vec;
+  constexpr int W = Simd<T, Bytes>::width;
   auto value = [&](int64_t i) {
     T v = c0 * x[i];
     if (HasY) v += c1 * y[i];
@@ -242,28 +308,28 @@ LVMFAST_INLINE void combine(const T* x, const T* y, const T* n, T* out, int64_t 
   if (Stream) {
     for (; i < len && (reinterpret_cast<uintptr_t>(out + i) & 63) != 0; ++i) out[i] = value(i);
     for (; i + W <= len; i += W) {
-      V v = c0 * load(x + i);
-      if (HasY) v += c1 * load(y + i);
-      if (HasNoise) v += cn * load(n + i);
+      V v = c0 * load<T, Bytes>(x + i);
+      if (HasY) v += c1 * load<T, Bytes>(y + i);
+      if (HasNoise) v += cn * load<T, Bytes>(n + i);
       stream_copy(out + i, reinterpret_cast<const T*>(&v), W);
     }
   }
   for (; i < len; ++i) out[i] = value(i);
 }
 
-template <bool Stream, typename T>
+template <bool Stream, int Bytes, typename T>
 LVMFAST_INLINE void combine_row(const RowsArgs<T>& a, const T* n, int64_t e, int64_t len,
                                 const T* cf, bool noisy, T cn) {
   if (a.y != nullptr) {
-    if (noisy) combine<true, true, Stream>(a.x + e, a.y + e, n + e, a.out + e, len, cf[0], cf[1], cn);
-    else combine<true, false, Stream>(a.x + e, a.y + e, n, a.out + e, len, cf[0], cf[1], cn);
+    if (noisy) combine<true, true, Stream, Bytes>(a.x + e, a.y + e, n + e, a.out + e, len, cf[0], cf[1], cn);
+    else combine<true, false, Stream, Bytes>(a.x + e, a.y + e, n, a.out + e, len, cf[0], cf[1], cn);
   } else {
-    if (noisy) combine<false, true, Stream>(a.x + e, a.y, n + e, a.out + e, len, cf[0], T(0), cn);
-    else combine<false, false, Stream>(a.x + e, a.y, n, a.out + e, len, cf[0], T(0), cn);
+    if (noisy) combine<false, true, Stream, Bytes>(a.x + e, a.y, n + e, a.out + e, len, cf[0], T(0), cn);
+    else combine<false, false, Stream, Bytes>(a.x + e, a.y, n, a.out + e, len, cf[0], T(0), cn);
   }
 }
 
-template <typename T>
+template <typename T, int Bytes>
 LVMFAST_INLINE void rows_chunks_impl(const RowsArgs<T>& a, int64_t c_begin, int64_t c_end) {
   alignas(64) T buf[kChunk];
   const bool has_noise = a.noise_col >= 0;
@@ -272,7 +338,7 @@ LVMFAST_INLINE void rows_chunks_impl(const RowsArgs<T>& a, int64_t c_begin, int6
     const int64_t e0 = c * kChunk, e1 = std::min<int64_t>(e0 + kChunk, a.N);
     const T* n = nullptr;  // indexed by flat element
     if (has_noise && a.generate) {
-      normals_chunk_impl(a.seed, 0u, static_cast<uint64_t>(c) * kGroups, buf);
+      normals_chunk_impl<Bytes>(a.seed, 0u, static_cast<uint64_t>(c) * kGroups, buf);
       n = buf - e0;
       if (a.noise_out) std::memcpy(a.noise_out + e0, buf, sizeof(T) * (e1 - e0));
     } else if (has_noise) {
@@ -285,8 +351,8 @@ LVMFAST_INLINE void rows_chunks_impl(const RowsArgs<T>& a, int64_t c_begin, int6
       const T* cf = a.coefs + tb * a.ncols;
       const bool noisy = has_noise && (!a.noise_only_t_positive || tb > 0);
       const T cn = noisy ? cf[a.noise_col] : T(0);
-      if (stream) combine_row<true>(a, n, e, end - e, cf, noisy, cn);
-      else combine_row<false>(a, n, e, end - e, cf, noisy, cn);
+      if (stream) combine_row<true, Bytes>(a, n, e, end - e, cf, noisy, cn);
+      else combine_row<false, Bytes>(a, n, e, end - e, cf, noisy, cn);
       e = end;
     }
   }
@@ -294,14 +360,16 @@ LVMFAST_INLINE void rows_chunks_impl(const RowsArgs<T>& a, int64_t c_begin, int6
 }
 
 LVMFAST_MULTIVERSION void rows_chunks(const RowsArgs<float>& a, int64_t c0, int64_t c1) {
-  rows_chunks_impl<float>(a, c0, c1);
+  if (wide_vectors()) rows_chunks_impl<float, 64>(a, c0, c1);
+  else rows_chunks_impl<float, 32>(a, c0, c1);
 }
 LVMFAST_MULTIVERSION void rows_chunks(const RowsArgs<double>& a, int64_t c0, int64_t c1) {
-  rows_chunks_impl<double>(a, c0, c1);
+  if (wide_vectors()) rows_chunks_impl<double, 64>(a, c0, c1);
+  else rows_chunks_impl<double, 32>(a, c0, c1);
 }
 
 // ---------------------------------------------------------------- forward_chain
-template <typename T>
+template <typename T, int Bytes>
 LVMFAST_INLINE void chain_forward_impl(const T* x, const T* coefs, uint64_t seed, T* out,
                                        int64_t T_, int64_t N, int64_t c_begin,
                                        int64_t c_end) {
@@ -311,7 +379,7 @@ LVMFAST_INLINE void chain_forward_impl(const T* x, const T* coefs, uint64_t seed
     std::fill(z, z + kChunk, T(0));
     std::memcpy(z, x + e0, sizeof(T) * len);
     for (int64_t i = 0; i < T_; ++i) {
-      normals_chunk_impl(seed, static_cast<uint32_t>(i), static_cast<uint64_t>(c) * kGroups, eps);
+      normals_chunk_impl<Bytes>(seed, static_cast<uint32_t>(i), static_cast<uint64_t>(c) * kGroups, eps);
       const T a = coefs[2 * i], s = coefs[2 * i + 1];
       for (int k = 0; k < kChunk; ++k) z[k] = a * z[k] + s * eps[k];
       std::memcpy(out + i * N + e0, z, sizeof(T) * len);
@@ -320,7 +388,7 @@ LVMFAST_INLINE void chain_forward_impl(const T* x, const T* coefs, uint64_t seed
 }
 
 // acc: this thread's (T, 2) accumulators in double.
-template <typename T>
+template <typename T, int Bytes>
 LVMFAST_INLINE void chain_backward_impl(const T* grad, const T* x, const T* coefs,
                                         uint64_t seed, const T* out, T* grad_x,
                                         double* acc, int64_t T_, int64_t N,
@@ -334,7 +402,7 @@ LVMFAST_INLINE void chain_backward_impl(const T* grad, const T* x, const T* coef
     for (int64_t i = T_ - 1; i >= 0; --i) {
       std::memcpy(g, grad + i * N + e0, sizeof(T) * len);
       std::memcpy(prev, i > 0 ? out + (i - 1) * N + e0 : x + e0, sizeof(T) * len);
-      normals_chunk_impl(seed, static_cast<uint32_t>(i), static_cast<uint64_t>(c) * kGroups, eps);
+      normals_chunk_impl<Bytes>(seed, static_cast<uint32_t>(i), static_cast<uint64_t>(c) * kGroups, eps);
       T s0 = 0, s1 = 0;
       for (int k = 0; k < kChunk; ++k) {  // padding lanes carry zeros (g, prev = 0 there)
         adj[k] += g[k];
@@ -353,24 +421,28 @@ LVMFAST_INLINE void chain_backward_impl(const T* grad, const T* x, const T* coef
 LVMFAST_MULTIVERSION void chain_forward(const float* x, const float* coefs, uint64_t seed,
                                         float* out, int64_t T_, int64_t N, int64_t c0,
                                         int64_t c1) {
-  chain_forward_impl<float>(x, coefs, seed, out, T_, N, c0, c1);
+  if (wide_vectors()) chain_forward_impl<float, 64>(x, coefs, seed, out, T_, N, c0, c1);
+  else chain_forward_impl<float, 32>(x, coefs, seed, out, T_, N, c0, c1);
 }
 LVMFAST_MULTIVERSION void chain_forward(const double* x, const double* coefs,
                                         uint64_t seed, double* out, int64_t T_,
                                         int64_t N, int64_t c0, int64_t c1) {
-  chain_forward_impl<double>(x, coefs, seed, out, T_, N, c0, c1);
+  if (wide_vectors()) chain_forward_impl<double, 64>(x, coefs, seed, out, T_, N, c0, c1);
+  else chain_forward_impl<double, 32>(x, coefs, seed, out, T_, N, c0, c1);
 }
 LVMFAST_MULTIVERSION void chain_backward(const float* grad, const float* x,
                                          const float* coefs, uint64_t seed,
                                          const float* out, float* grad_x, double* acc,
                                          int64_t T_, int64_t N, int64_t c0, int64_t c1) {
-  chain_backward_impl<float>(grad, x, coefs, seed, out, grad_x, acc, T_, N, c0, c1);
+  if (wide_vectors()) chain_backward_impl<float, 64>(grad, x, coefs, seed, out, grad_x, acc, T_, N, c0, c1);
+  else chain_backward_impl<float, 32>(grad, x, coefs, seed, out, grad_x, acc, T_, N, c0, c1);
 }
 LVMFAST_MULTIVERSION void chain_backward(const double* grad, const double* x,
                                          const double* coefs, uint64_t seed,
                                          const double* out, double* grad_x, double* acc,
                                          int64_t T_, int64_t N, int64_t c0, int64_t c1) {
-  chain_backward_impl<double>(grad, x, coefs, seed, out, grad_x, acc, T_, N, c0, c1);
+  if (wide_vectors()) chain_backward_impl<double, 64>(grad, x, coefs, seed, out, grad_x, acc, T_, N, c0, c1);
+  else chain_backward_impl<double, 32>(grad, x, coefs, seed, out, grad_x, acc, T_, N, c0, c1);
 }
 
 // ---------------------------------------------------------------- glue
