@@ -4,6 +4,7 @@
 // Layout: means and precisions are transposed to (L, Kp), Kp = K rounded up to
 // the vector width, so one vector holds one dimension of W consecutive
 // components; padded components get consts = -inf and so weigh exactly zero.
+// Their rows are ld >= Kp elements apart (see row_stride).
 // Each row block keeps ROWS x W partial quadratic forms in registers while it
 // walks the L dimensions (the direct form (z - m)^2 / var: no cancellation).
 #include <ATen/ATen.h>
@@ -42,8 +43,9 @@ LVMFAST_INLINE T hsum(typename Simd<T, B>::vec v) {
 template <typename T>
 struct Params {
   int64_t K, Kp, L;
-  const T* meansT;  // (L, Kp)
-  const T* precT;   // (L, Kp)
+  int64_t ld;       // row stride of the (L, Kp) tables
+  const T* meansT;  // (L, Kp), rows ld apart
+  const T* precT;   // (L, Kp), rows ld apart
   const T* consts;  // (Kp), -inf on padding
 };
 
@@ -55,8 +57,8 @@ LVMFAST_INLINE void block_scores(const Params<T>& p, const T* zb, int64_t k0,
   V acc[kRows] = {};
   for (int64_t l = 0; l < p.L; ++l) {
     V m, q;
-    std::memcpy(&m, p.meansT + l * p.Kp + k0, sizeof(V));
-    std::memcpy(&q, p.precT + l * p.Kp + k0, sizeof(V));
+    std::memcpy(&m, p.meansT + l * p.ld + k0, sizeof(V));
+    std::memcpy(&q, p.precT + l * p.ld + k0, sizeof(V));
     for (int r = 0; r < kRows; ++r) {
       const V d = zb[r * p.L + l] - m;
       acc[r] += d * d * q;
@@ -90,15 +92,21 @@ LVMFAST_INLINE void forward_rows_impl(const Params<T>& p, const T* zb, T* out) {
   for (int r = 0; r < kRows; ++r) out[r] = mx[r] + std::log(sum[r]);
 }
 
-// Accumulates this row block's share of grad_z (into gz), wdiff, wsq (L, Kp) and wsum (Kp).
+// Accumulates this row block's share of grad_z (into gz), wdiff, wsq (L, Kp, rows ld apart) and
+// wsum (Kp).
 template <typename T, int B>
 LVMFAST_INLINE void backward_rows_impl(const Params<T>& p, const T* zb, const T* grad,
                                        const T* out, T* gz, T* gzv, T* wdiff, T* wsq, T* wsum) {
   using V = typename Simd<T, B>::vec;
   constexpr int W = Simd<T, B>::width;
   // gzv: (kRows, L) vectors of per-lane partial sums of grad_z, reduced across lanes at the end.
-  std::fill(gzv, gzv + kRows * p.L * W, T(0));
-  for (int64_t k0 = 0; k0 < p.Kp; k0 += W) {
+  // Sizes and pointers are read once into locals: the stores below go through memcpy, which may
+  // alias anything, so fields read through p were reloaded (and multiplied out) at every row.
+  const int64_t L = p.L, Kp = p.Kp, ld = p.ld;
+  const T* const meansT = p.meansT;
+  const T* const precT = p.precT;
+  std::fill(gzv, gzv + kRows * L * W, T(0));
+  for (int64_t k0 = 0; k0 < Kp; k0 += W) {
     V s[kRows];
     block_scores<T, B>(p, zb, k0, s);
     V resp[kRows];
@@ -111,31 +119,31 @@ LVMFAST_INLINE void backward_rows_impl(const Params<T>& p, const T* zb, const T*
     std::memcpy(&ws, wsum + k0, sizeof(V));
     ws += rsum;
     std::memcpy(wsum + k0, &ws, sizeof(V));
-    for (int64_t l = 0; l < p.L; ++l) {
+    for (int64_t l = 0; l < L; ++l) {
       V m, q, wd, wq;
-      std::memcpy(&m, p.meansT + l * p.Kp + k0, sizeof(V));
-      std::memcpy(&q, p.precT + l * p.Kp + k0, sizeof(V));
-      std::memcpy(&wd, wdiff + l * p.Kp + k0, sizeof(V));
-      std::memcpy(&wq, wsq + l * p.Kp + k0, sizeof(V));
+      std::memcpy(&m, meansT + l * ld + k0, sizeof(V));
+      std::memcpy(&q, precT + l * ld + k0, sizeof(V));
+      std::memcpy(&wd, wdiff + l * ld + k0, sizeof(V));
+      std::memcpy(&wq, wsq + l * ld + k0, sizeof(V));
       for (int r = 0; r < kRows; ++r) {
-        const V d = zb[r * p.L + l] - m;
+        const V d = zb[r * L + l] - m;
         const V u = resp[r] * (d * q);
         V acc;
-        std::memcpy(&acc, gzv + (r * p.L + l) * W, sizeof(V));
+        std::memcpy(&acc, gzv + (r * L + l) * W, sizeof(V));
         acc += u;
-        std::memcpy(gzv + (r * p.L + l) * W, &acc, sizeof(V));
+        std::memcpy(gzv + (r * L + l) * W, &acc, sizeof(V));
         wd += u;
         wq += u * d;
       }
-      std::memcpy(wdiff + l * p.Kp + k0, &wd, sizeof(V));
-      std::memcpy(wsq + l * p.Kp + k0, &wq, sizeof(V));
+      std::memcpy(wdiff + l * ld + k0, &wd, sizeof(V));
+      std::memcpy(wsq + l * ld + k0, &wq, sizeof(V));
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int64_t l = 0; l < p.L; ++l) {
+    for (int64_t l = 0; l < L; ++l) {
       T total = 0;
-      for (int i = 0; i < W; ++i) total += gzv[(r * p.L + l) * W + i];
-      gz[r * p.L + l] = -total;
+      for (int i = 0; i < W; ++i) total += gzv[(r * L + l) * W + i];
+      gz[r * L + l] = -total;
     }
 }
 
@@ -170,6 +178,18 @@ LVMFAST_MULTIVERSION void backward_rows(const Params<double>& p, const double* z
     backward_rows_impl<double, 32>(p, zb, grad, out, gz, gzv, wdiff, wsq, wsum);
 }
 
+// The row stride of the (L, Kp) tables. The kernels walk down a column of four of them (means,
+// precisions and, backward, two accumulators) for every vector of components. With rows an even
+// number of cache lines apart, the rows of a column share a fraction of the L1's sets (K = 512
+// floats, 2 KiB a row: all of them fall in 2 of a 32 KiB 8-way L1's 64 sets), which then holds
+// only a few rows of each table: the backward at B = 4096, K = 512, L = 64 spent a fifth of its
+// cycles on loads at the top of the column. An odd number of lines spreads them over all sets.
+template <typename T>
+int64_t row_stride(int64_t Kp) {
+  constexpr int64_t kLine = 64 / sizeof(T);  // Kp is a multiple of a line (Simd<T>::width)
+  return (Kp / kLine) % 2 == 0 ? Kp + kLine : Kp;
+}
+
 // Transposed, padded copies of the component parameters.
 template <typename T>
 struct PackedParams {
@@ -178,15 +198,16 @@ struct PackedParams {
   PackedParams(const at::Tensor& means, const at::Tensor& logvars, const at::Tensor& logits) {
     const int64_t K = means.size(0), L = means.size(1);
     const int64_t Kp = (K + Simd<T>::width - 1) / Simd<T>::width * Simd<T>::width;
+    const int64_t ld = row_stride<T>(Kp);
     auto [prec, c] = log_mog_precompute(logvars, logits);
     const auto opts = prec.options();
-    meansT = at::zeros({L, Kp}, opts);
-    precT = at::zeros({L, Kp}, opts);
+    meansT = at::zeros({L, ld}, opts);
+    precT = at::zeros({L, ld}, opts);
     consts = at::full({Kp}, -std::numeric_limits<double>::infinity(), opts);
     meansT.narrow(1, 0, K).copy_(means.t());
     precT.narrow(1, 0, K).copy_(prec.t());
     consts.narrow(0, 0, K).copy_(c);
-    view = {K, Kp, L, meansT.data_ptr<T>(), precT.data_ptr<T>(), consts.data_ptr<T>()};
+    view = {K, Kp, L, ld, meansT.data_ptr<T>(), precT.data_ptr<T>(), consts.data_ptr<T>()};
   }
 };
 
@@ -254,10 +275,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cpu(
   at::Tensor wdiff, wsq, wsum;
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "log_mog_backward_cpu", [&] {
     PackedParams<scalar_t> packed(means, logvars, logits);
-    const int64_t Kp = packed.view.Kp;
+    const int64_t Kp = packed.view.Kp, ld = packed.view.ld;
     // One (wdiff, wsq, wsum) accumulator per thread, summed at the end: no atomics, deterministic.
     const int threads = at::get_num_threads();
-    at::Tensor acc = at::zeros({threads, 2 * L * Kp + Kp}, z2.options());
+    at::Tensor acc = at::zeros({threads, 2 * L * ld + Kp}, z2.options());
     const scalar_t* zp = z2.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* opp = o.data_ptr<scalar_t>();
@@ -265,7 +286,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cpu(
     scalar_t* accp = acc.data_ptr<scalar_t>();
     const int64_t nblocks = (N + kRows - 1) / kRows;
     at::parallel_for(0, nblocks, grain_blocks(K, L), [&](int64_t b0, int64_t b1) {
-      scalar_t* mine = accp + at::get_thread_num() * (2 * L * Kp + Kp);
+      scalar_t* mine = accp + at::get_thread_num() * (2 * L * ld + Kp);
       std::vector<scalar_t> zb(kRows * L), gzb(kRows * L);
       std::vector<scalar_t> gzv(kRows * L * Simd<scalar_t>::width);
       scalar_t gr[kRows], ob[kRows];
@@ -278,14 +299,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cpu(
           ob[r] = r < rows ? opp[row0 + r] : std::numeric_limits<scalar_t>::infinity();
         }
         backward_rows(packed.view, zb.data(), gr, ob, gzb.data(), gzv.data(), mine,
-                      mine + L * Kp, mine + 2 * L * Kp);
+                      mine + L * ld, mine + 2 * L * ld);
         std::copy(gzb.begin(), gzb.begin() + rows * L, gzp + row0 * L);
       }
     });
     const at::Tensor total = acc.sum(0);
-    wdiff = total.narrow(0, 0, L * Kp).view({L, Kp}).narrow(1, 0, K).t();
-    wsq = total.narrow(0, L * Kp, L * Kp).view({L, Kp}).narrow(1, 0, K).t();
-    wsum = total.narrow(0, 2 * L * Kp, K);
+    wdiff = total.narrow(0, 0, L * ld).view({L, ld}).narrow(1, 0, K).t();
+    wsq = total.narrow(0, L * ld, L * ld).view({L, ld}).narrow(1, 0, K).t();
+    wsum = total.narrow(0, 2 * L * ld, K);
   });
   auto [gm, glv, glg] = log_mog_assemble_param_grads(wdiff, wsq, wsum, logits);
   return {gz.view(z.sizes()), gm, glv, glg};
