@@ -114,9 +114,12 @@ def test_collapsed_top_layer_reports_zero_kl(cls):
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
-    kl = model.kl_per_layer(digits_like(5), num_samples=3)
+    kl = model.kl_per_layer(digits_like(5), num_samples=256)
     assert kl["z2"].abs().max() < 1e-6
-    assert (kl["z1"].abs() > 1e-3).all()
+    # z1's KL is a Monte Carlo estimate: with 3 draws one point's came out at -2e-4 (seed
+    # 1235420138). Over 40 seeds the smallest batch mean (500 draws) was 0.71; with 256 draws the
+    # batch mean varied by 0.08 (standard deviation, 200 repeats), so 0.1 is far below either.
+    assert kl["z1"].mean() > 0.1
 
 
 @pytest.mark.parametrize("batch_norm", [True, False])
