@@ -38,11 +38,11 @@ constexpr int kGroups = kChunk / 4;   // Philox groups per chunk
 // drawn noise then ran at 0.55x the speed of the torch form).
 template <int Bytes>
 struct Lanes {
-  typedef uint32_t U __attribute__((vector_size(Bytes)));
-  typedef int32_t I __attribute__((vector_size(Bytes)));
-  typedef float F __attribute__((vector_size(Bytes)));
-  typedef uint64_t U64 __attribute__((vector_size(2 * Bytes)));
-  static constexpr int n = Bytes / 4;
+  typedef typename Simd<uint32_t, Bytes>::vec U;
+  typedef typename Simd<int32_t, Bytes>::vec I;
+  typedef typename Simd<float, Bytes>::vec F;
+  typedef typename Simd<uint64_t, 2 * Bytes>::vec U64;  // U widened lane by lane
+  static constexpr int n = Simd<float, Bytes>::width;
 };
 
 template <typename To, typename From>
