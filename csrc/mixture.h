@@ -1,6 +1,7 @@
-// Host-side pieces of the mixture family shared by the CPU and CUDA glue:
-// argument checks, the per-component precomputation, and the assembly of the
-// four gradients from what the kernels reduce.
+// Host-side pieces of the mixture family: argument checks (CPU and CUDA glue), and
+// for the CUDA glue the per-component precomputation and the assembly of the four
+// gradients from what the kernels reduce (the CPU glue does both in one pass of its
+// own, csrc/cpu/mixture.cpp: the torch ops cost as much as the kernel at small shapes).
 //
 // Kernel contract (CPU: csrc/cpu/mixture.cpp, CUDA: kernels/mixture.cu, Triton:
 // lvmfast/triton/mixture.py). With acc_t = double for double inputs, float otherwise:

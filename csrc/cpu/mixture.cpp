@@ -190,24 +190,87 @@ int64_t row_stride(int64_t Kp) {
   return (Kp / kLine) % 2 == 0 ? Kp + kLine : Kp;
 }
 
-// Transposed, padded copies of the component parameters.
+// The vector {at(0), ..., at(W - 1)}: built in registers (lane inserts), not stored lane by lane
+// and reloaded, which stalls on store forwarding.
+template <typename V, typename F, size_t... J>
+LVMFAST_INLINE V gather_lanes(F at, std::index_sequence<J...>) {
+  return V{at(J)...};
+}
+
+// meansT and precT = exp(-logvars), transposed from (K, L) to (L, Kp) with rows ld apart, zero
+// on padded components, W components a vector.
+template <typename T, int B>
+LVMFAST_INLINE void pack_tables_impl(const T* means, const T* logvars, int64_t K, int64_t L,
+                                     int64_t Kp, int64_t ld, T* meansT, T* precT) {
+  using V = typename Simd<T, B>::vec;
+  constexpr int W = Simd<T, B>::width;  // divides Kp
+  for (int64_t k0 = 0; k0 < Kp; k0 += W) {
+    const int64_t n = std::max<int64_t>(0, std::min<int64_t>(W, K - k0));  // real components
+    for (int64_t l = 0; l < L; ++l) {
+      const T* mcol = means + k0 * L + l;
+      const T* lcol = logvars + k0 * L + l;
+      auto lane = [&](const T* col) {
+        return [=](size_t j) { return static_cast<int64_t>(j) < n ? col[j * L] : T(0); };
+      };
+      const V m = gather_lanes<V>(lane(mcol), std::make_index_sequence<W>{});
+      V p = vexp(-gather_lanes<V>(lane(lcol), std::make_index_sequence<W>{}));
+      if (n < W)
+        for (int64_t j = n; j < W; ++j) p[j] = T(0);
+      store<T, B>(meansT + l * ld + k0, m);
+      store<T, B>(precT + l * ld + k0, p);
+    }
+  }
+}
+LVMFAST_MULTIVERSION void pack_tables(const float* means, const float* logvars, int64_t K,
+                                      int64_t L, int64_t Kp, int64_t ld, float* meansT,
+                                      float* precT) {
+  pack_tables_impl<float, 32>(means, logvars, K, L, Kp, ld, meansT, precT);
+}
+LVMFAST_MULTIVERSION void pack_tables(const double* means, const double* logvars, int64_t K,
+                                      int64_t L, int64_t Kp, int64_t ld, double* meansT,
+                                      double* precT) {
+  pack_tables_impl<double, 32>(means, logvars, K, L, Kp, ld, meansT, precT);
+}
+
+// log sum_k exp(logits[k]), in double.
+template <typename T>
+double log_sum_exp(const T* logits, int64_t K) {
+  double mx = -std::numeric_limits<double>::infinity();
+  for (int64_t k = 0; k < K; ++k) mx = std::max<double>(mx, logits[k]);
+  double sum = 0;
+  for (int64_t k = 0; k < K; ++k) sum += std::exp(logits[k] - mx);
+  return mx + std::log(sum);
+}
+
+// Transposed, padded copies of the component parameters (csrc/mixture.h's prec and consts),
+// made in one pass: the ten torch ops they replace cost about 160 us a call at the VampPrior
+// shape (B = 100, K = 500, L = 40), as much as the forward kernel itself.
 template <typename T>
 struct PackedParams {
-  at::Tensor meansT, precT, consts;
+  at::Tensor storage;  // meansT (L, ld), precT (L, ld), consts (Kp); a row's [Kp, ld) is unread
   Params<T> view;
   PackedParams(const at::Tensor& means, const at::Tensor& logvars, const at::Tensor& logits) {
     const int64_t K = means.size(0), L = means.size(1);
     const int64_t Kp = (K + Simd<T>::width - 1) / Simd<T>::width * Simd<T>::width;
     const int64_t ld = row_stride<T>(Kp);
-    auto [prec, c] = log_mog_precompute(logvars, logits);
-    const auto opts = prec.options();
-    meansT = at::zeros({L, ld}, opts);
-    precT = at::zeros({L, ld}, opts);
-    consts = at::full({Kp}, -std::numeric_limits<double>::infinity(), opts);
-    meansT.narrow(1, 0, K).copy_(means.t());
-    precT.narrow(1, 0, K).copy_(prec.t());
-    consts.narrow(0, 0, K).copy_(c);
-    view = {K, Kp, L, ld, meansT.data_ptr<T>(), precT.data_ptr<T>(), consts.data_ptr<T>()};
+    const at::Tensor m = means.contiguous(), lv = logvars.contiguous(), lg = logits.contiguous();
+    const T* mp = m.data_ptr<T>();
+    const T* lvp = lv.data_ptr<T>();
+    const T* lgp = lg.data_ptr<T>();
+    storage = at::empty({2 * L * ld + Kp}, means.options());
+    T* meansT = storage.data_ptr<T>();
+    T* precT = meansT + L * ld;
+    T* consts = precT + L * ld;
+    pack_tables(mp, lvp, K, L, Kp, ld, meansT, precT);
+    // consts[k] = log_softmax(logits)[k] - 0.5 sum_l logvars[k, l] - 0.5 L log(2 pi), in double
+    const double lse = log_sum_exp(lgp, K), half_log_2pi = 0.5 * std::log(2.0 * M_PI);
+    for (int64_t k = 0; k < K; ++k) {
+      double lv_sum = 0;
+      for (int64_t l = 0; l < L; ++l) lv_sum += lvp[k * L + l];
+      consts[k] = static_cast<T>(lgp[k] - lse - 0.5 * lv_sum - half_log_2pi * static_cast<double>(L));
+    }
+    std::fill(consts + K, consts + Kp, -std::numeric_limits<T>::infinity());
+    view = {K, Kp, L, ld, meansT, precT, consts};
   }
 };
 
@@ -218,9 +281,11 @@ void load_rows(const T* z, int64_t row0, int64_t rows, int64_t L, T* zb) {
   std::fill(zb + rows * L, zb + kRows * L, T(0));
 }
 
-// Rows per parallel task: enough work per task that scheduling is noise.
+// Row blocks per parallel task: about 2^19 (row, component, dimension) terms, 30-100 us of work,
+// so that scheduling is noise. (The former 12.6M terms ran the VampPrior shape, B = 100,
+// K = 500, L = 40, 2M terms, on one thread.)
 int64_t grain_blocks(int64_t K, int64_t L) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K * L / 64));
+  return std::max<int64_t>(1, (int64_t(1) << 19) / std::max<int64_t>(1, kRows * K * L));
 }
 
 void check_cpu(const at::Tensor& z) {
@@ -272,7 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cpu(
   const at::Tensor g = grad.reshape({N}).to(z.scalar_type()).contiguous();
   const at::Tensor o = out.reshape({N}).to(z.scalar_type()).contiguous();
   at::Tensor gz = empty_for_writing(z2.sizes(), z2.options());
-  at::Tensor wdiff, wsq, wsum;
+  at::Tensor gm, glv, glg;
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "log_mog_backward_cpu", [&] {
     PackedParams<scalar_t> packed(means, logvars, logits);
     const int64_t Kp = packed.view.Kp, ld = packed.view.ld;
@@ -303,12 +368,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cpu(
         std::copy(gzb.begin(), gzb.begin() + rows * L, gzp + row0 * L);
       }
     });
-    const at::Tensor total = acc.sum(0);
-    wdiff = total.narrow(0, 0, L * ld).view({L, ld}).narrow(1, 0, K).t();
-    wsq = total.narrow(0, L * ld, L * ld).view({L, ld}).narrow(1, 0, K).t();
-    wsum = total.narrow(0, 2 * L * ld, K);
+    // The threads' sums, transposed back to (K, L), and csrc/mixture.h's assembly in one pass:
+    // grad_means = wdiff, grad_logvars = (wsq - wsum) / 2, grad_logits = wsum - softmax sum(wsum).
+    gm = at::empty({K, L}, means.options());
+    glv = at::empty({K, L}, means.options());
+    glg = at::empty({K}, means.options());
+    const int64_t stride = 2 * L * ld + Kp;
+    auto thread_sum = [&](int64_t i) {
+      scalar_t total = 0;
+      for (int t = 0; t < threads; ++t) total += accp[t * stride + i];
+      return total;
+    };
+    const at::Tensor lg = logits.contiguous();
+    const scalar_t* lgp = lg.data_ptr<scalar_t>();
+    scalar_t* gmp = gm.data_ptr<scalar_t>();
+    scalar_t* glvp = glv.data_ptr<scalar_t>();
+    scalar_t* glgp = glg.data_ptr<scalar_t>();
+    std::vector<scalar_t> wsum(K);
+    double wsum_total = 0;
+    for (int64_t k = 0; k < K; ++k) wsum_total += wsum[k] = thread_sum(2 * L * ld + k);
+    const double lse = log_sum_exp(lgp, K);
+    for (int64_t k = 0; k < K; ++k) {
+      glgp[k] = static_cast<scalar_t>(wsum[k] - std::exp(lgp[k] - lse) * wsum_total);
+      for (int64_t l = 0; l < L; ++l) {
+        gmp[k * L + l] = thread_sum(l * ld + k);
+        glvp[k * L + l] = scalar_t(0.5) * (thread_sum(L * ld + l * ld + k) - wsum[k]);
+      }
+    }
   });
-  auto [gm, glv, glg] = log_mog_assemble_param_grads(wdiff, wsq, wsum, logits);
   return {gz.view(z.sizes()), gm, glv, glg};
 }
 
