@@ -281,9 +281,9 @@ void load_rows(const T* z, int64_t row0, int64_t rows, int64_t L, T* zb) {
   std::fill(zb + rows * L, zb + kRows * L, T(0));
 }
 
-// Row blocks per parallel task: about 2^19 (row, component, dimension) terms, 30-100 us of work,
-// so that scheduling is noise. (The former 12.6M terms ran the VampPrior shape, B = 100,
-// K = 500, L = 40, 2M terms, on one thread.)
+// Row blocks per parallel task: about 2^19 (row, component, dimension) terms, enough that
+// scheduling is noise. (The former 12.6M terms a task ran the VampPrior shape, B = 100, K = 500,
+// L = 40: 2M terms, on one thread.)
 int64_t grain_blocks(int64_t K, int64_t L) {
   return std::max<int64_t>(1, (int64_t(1) << 19) / std::max<int64_t>(1, kRows * K * L));
 }
