@@ -140,7 +140,7 @@ def cmd_bench(args) -> int:
     print()
     print(_table(rows))
     print("\nspeed-up: median time of the strongest pure-torch form (two-matmul for log_mog) over "
-          "this row's, same run; peak MiB: "
+          "this row's, same run (for end_to_end: the reference backend's epoch); peak MiB: "
           + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
              "peak live bytes of aten-allocated tensors") + "; saved MiB: kept for backward, inputs included")
     if args.json:

@@ -39,6 +39,44 @@ def test_run_case_rows_and_ratios_on_the_cpu():
         assert r["speedup_vs_baseline"] == pytest.approx(base[r["mode"]] / r["median_s"])
 
 
+def test_end_to_end_epoch_trains_both_backends_alike():
+    """The end-to-end case's candidates are whole training epochs (mode "train"): each call
+    steps the optimizer, and the fused and reference backends start from the same weights and
+    see the same batches, so their first epochs agree."""
+    pytest.importorskip("sklearn")
+    from lvmfast.bench import end_to_end
+
+    (case,) = end_to_end.cases(torch.device("cpu"), quick=True)
+    assert case.modes == ("train",)
+    losses = {}
+    for cand in case.candidates:
+        epoch, inputs = cand.make()
+        assert inputs == []
+        first, second = epoch(), epoch()
+        assert torch.isfinite(first) and torch.isfinite(second) and first != second  # it trains
+        losses[cand.name] = first.item()
+    assert losses["lvmfast[native] training epoch"] == pytest.approx(
+        losses["lvmfast[reference] training epoch"], rel=1e-3)
+    rows = harness.run_case(case, torch.device("cpu"), budget_s=0.01, log=lambda *_: None)
+    assert [(r["candidate"], r["mode"], r["baseline"]) for r in rows] == [
+        ("lvmfast[native] training epoch", "train", False),
+        ("lvmfast[reference] training epoch", "train", True)]
+    assert all(r["median_s"] > 0 and "speedup_vs_baseline" in r for r in rows)
+
+
+def test_end_to_end_case_without_scikit_learn_is_skipped_with_its_reason(monkeypatch):
+    from lvmfast import data
+    from lvmfast.bench import end_to_end
+
+    def no_sklearn():
+        raise ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
+
+    monkeypatch.setattr(data, "load_digits", no_sklearn)
+    (case,) = end_to_end.cases(torch.device("cpu"), quick=True)
+    rows = harness.run_case(case, torch.device("cpu"), budget_s=0.01, log=lambda *_: None)
+    assert len(rows) == 2 and all("scikit-learn" in r["skipped"] for r in rows)
+
+
 def test_floor_table_uses_wall_and_kernel_time(tmp_path):
     floors = _floors()
     # householder_flow fwd: reads z and v, writes out (float32); 6 flops per (b, t, l)

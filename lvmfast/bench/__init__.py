@@ -7,4 +7,4 @@ memory. It ships inside the package so that the command works from any install.
 # `--ops` name -> module of lvmfast.bench holding its cases
 FAMILIES = {"log_mog": "mixture", "householder_flow": "householder",
             "bjorck_orthonormalize": "orthogonal", "sylvester_flow": "sylvester",
-            "diffusion": "diffusion"}
+            "diffusion": "diffusion", "end_to_end": "end_to_end"}

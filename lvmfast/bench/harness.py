@@ -43,7 +43,7 @@ class Case:
     shape_name: str
     shape: dict
     candidates: list[Candidate]
-    modes: tuple[str, ...] = ("fwd", "fwd+bwd")
+    modes: tuple[str, ...] = ("fwd", "fwd+bwd")  # or ("train",): a whole training step or epoch
 
 
 def available_bytes(device: torch.device) -> int:
@@ -231,6 +231,8 @@ def run_case(case: Case, device: torch.device, budget_s: float, log=print) -> li
                     def call(fn=fn):
                         with torch.no_grad():
                             return fn()
+                elif mode == "train":  # fn runs its own backward and optimizer steps
+                    call = fn
                 else:
                     def call(fn=fn, inputs=inputs):
                         out = fn()
