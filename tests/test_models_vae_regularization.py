@@ -95,10 +95,12 @@ def test_iwae_bound_equals_elbo_at_one_sample_and_exceeds_it_on_fixed_draws(post
             iw = model.iwae_bound(x, num_samples=k, generator=torch.Generator().manual_seed(2))
             el = model.elbo(x, num_samples=k, generator=torch.Generator().manual_seed(2))
             assert iw.shape == (16,) and (iw >= el - 1e-4).all() and (iw > el).any()
-        # and in expectation the bound rises with K
-        many = [model.iwae_bound(x, num_samples=k, generator=torch.Generator().manual_seed(5)).mean()
-                for k in (1, 100)]
-        assert many[1] > many[0]
+        # and in expectation the bound rises with K: the 100-draw bound against E[IWAE_1], the
+        # ELBO, estimated on 100 other draws (one draw a point was too noisy: 1 of 150 random
+        # models failed; this way the smallest margin over 150 was 0.58 nats)
+        iwae_100 = model.iwae_bound(x, num_samples=100, generator=torch.Generator().manual_seed(5))
+        elbo_100 = model.elbo(x, num_samples=100, generator=torch.Generator().manual_seed(6))
+        assert iwae_100.mean() > elbo_100.mean()
         # beta scales log p(z) - log q(z|x) inside the weights, as in the ELBO
         half_i = model.iwae_bound(x, beta=0.5, num_samples=1, generator=torch.Generator().manual_seed(4))
         half_e = model.elbo(x, beta=0.5, num_samples=1, generator=torch.Generator().manual_seed(4))
