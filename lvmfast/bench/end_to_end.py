@@ -2,8 +2,8 @@
 1000 training images of scikit-learn's digits) of a VAE with a VampPrior of 500 components and an
 orthogonal Sylvester posterior, the command line's other defaults. The same model and batches
 with `use_backend("reference")` are the baseline. Each repetition is one more epoch of the same
-training run: the work per epoch does not change as the weights do. Needs scikit-learn (the
-`train` extra); without it the case is skipped with that reason."""
+training run: the work per epoch hardly changes as the weights do (Björck's step counts may).
+Needs scikit-learn (the `train` extra); without it the case is skipped with that reason."""
 from __future__ import annotations
 
 import torch
@@ -20,7 +20,7 @@ def _digits():
         from lvmfast.data import load_digits
         return load_digits(), None
     except ImportError as err:
-        return None, f"needs scikit-learn for the digits ({err.name} missing): pip install lvmfast[train]"
+        return None, f"needs scikit-learn for the digits ({err.name} missing): install lvmfast's train extra"
 
 
 def _maker(backend: str, train: torch.Tensor, data_dim: int, levels: int, device):
