@@ -19,28 +19,8 @@
 namespace lvmfast {
 namespace {
 
-// Horizontal sum as a tree (halving the vector twice, then 16 bytes by hand): each
-// reflection waits on its dot products, so their latency, not the adds, sets the pace.
-template <typename T, int B>
-LVMFAST_INLINE T hsum(typename Simd<T, B>::vec v) {
-  static_assert(B == 32 || B == 64, "16-byte halves of a 32- or 64-byte vector");
-  typedef T half_vec __attribute__((vector_size(32)));
-  typedef T quarter_vec __attribute__((vector_size(16)));
-  half_vec a;
-  std::memcpy(&a, &v, 32);
-  if constexpr (B == 64) {
-    half_vec b;
-    std::memcpy(&b, reinterpret_cast<const char*>(&v) + 32, 32);
-    a += b;
-  }
-  quarter_vec c, d;
-  std::memcpy(&c, &a, 16);
-  std::memcpy(&d, reinterpret_cast<const char*>(&a) + 16, 16);
-  c += d;
-  T s = 0;
-  for (size_t i = 0; i < 16 / sizeof(T); ++i) s += c[i];
-  return s;
-}
+// hsum (simd.h) is a tree: each reflection waits on its dot products, so their latency, not the
+// adds, sets the pace.
 
 // Row buffers are padded to Lp (a multiple of the width) with zeros, so the vector loops need
 // no tail; amortized v rows are read in place when L == Lp and through a padded copy otherwise.

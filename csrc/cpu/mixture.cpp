@@ -26,20 +26,6 @@ namespace {
 
 constexpr int kRows = 6;  // rows per register block: 6 x W accumulators stay in registers
 
-template <typename T, int B>
-LVMFAST_INLINE T hmax(typename Simd<T, B>::vec v) {
-  T m = v[0];
-  for (int i = 1; i < Simd<T, B>::width; ++i) m = v[i] > m ? v[i] : m;
-  return m;
-}
-
-template <typename T, int B>
-LVMFAST_INLINE T hsum(typename Simd<T, B>::vec v) {
-  T s = 0;
-  for (int i = 0; i < Simd<T, B>::width; ++i) s += v[i];
-  return s;
-}
-
 template <typename T>
 struct Params {
   int64_t K, Kp, L;

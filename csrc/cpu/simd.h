@@ -99,6 +99,38 @@ inline void stream_fence() {
 #endif
 }
 
+// Horizontal reductions as trees (halving the vector to 16 bytes, then lane by lane): a lane-by-lane
+// chain of W dependent operations is the latency on a kernel's critical path.
+template <typename T, int B, typename Op>
+LVMFAST_INLINE T hreduce(typename Simd<T, B>::vec v, Op op) {
+  static_assert(B == 32 || B == 64, "16-byte halves of a 32- or 64-byte vector");
+  typedef T half_vec __attribute__((vector_size(32)));
+  typedef T quarter_vec __attribute__((vector_size(16)));
+  half_vec a;
+  std::memcpy(&a, &v, 32);
+  if constexpr (B == 64) {
+    half_vec b;
+    std::memcpy(&b, reinterpret_cast<const char*>(&v) + 32, 32);
+    a = op(a, b);
+  }
+  quarter_vec c, d;
+  std::memcpy(&c, &a, 16);
+  std::memcpy(&d, reinterpret_cast<const char*>(&a) + 16, 16);
+  c = op(c, d);
+  T s = c[0];
+  for (size_t i = 1; i < 16 / sizeof(T); ++i) s = op(s, c[i]);
+  return s;
+}
+template <typename T, int B>
+LVMFAST_INLINE T hsum(typename Simd<T, B>::vec v) {
+  return hreduce<T, B>(v, [](auto a, auto b) { return a + b; });
+}
+// Lanes that are NaN may be skipped: callers carry NaN on through their sums.
+template <typename T, int B>
+LVMFAST_INLINE T hmax(typename Simd<T, B>::vec v) {
+  return hreduce<T, B>(v, [](auto a, auto b) { return a > b ? a : b; });
+}
+
 // The lane type of a vector type V (Simd<T, Bytes>::vec).
 template <typename V>
 using lane_t = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
