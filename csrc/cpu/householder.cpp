@@ -19,9 +19,6 @@
 namespace lvmfast {
 namespace {
 
-// hsum (simd.h) is a tree: each reflection waits on its dot products, so their latency, not the
-// adds, sets the pace.
-
 // Row buffers are padded to Lp (a multiple of the width) with zeros, so the vector loops need
 // no tail; amortized v rows are read in place when L == Lp and through a padded copy otherwise.
 // The padded copy of row `src` (length L) in `dst` (length Lp).
@@ -42,6 +39,8 @@ LVMFAST_INLINE void dots2(const T* v, const T* a, int64_t Lp, T& vv, T& va) {
     s0 += x * x;
     s1 += x * load<T, B>(a + l);
   }
+  // hsum is a tree (simd.h): each reflection waits on these dot products, so their latency sets
+  // the pace
   vv = hsum<T, B>(s0), va = hsum<T, B>(s1);
 }
 

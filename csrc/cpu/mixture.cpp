@@ -126,11 +126,7 @@ LVMFAST_INLINE void backward_rows_impl(const Params<T>& p, const T* zb, const T*
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int64_t l = 0; l < L; ++l) {
-      T total = 0;
-      for (int i = 0; i < W; ++i) total += gzv[(r * L + l) * W + i];
-      gz[r * L + l] = -total;
-    }
+    for (int64_t l = 0; l < L; ++l) gz[r * L + l] = -hsum<T, B>(load<T, B>(gzv + (r * L + l) * W));
 }
 
 // The multiversioned entry points (non-template, so target_clones applies), in 64-byte vectors
@@ -200,8 +196,7 @@ LVMFAST_INLINE void pack_tables_impl(const T* means, const T* logvars, int64_t K
       };
       const V m = gather_lanes<V>(lane(mcol), std::make_index_sequence<W>{});
       V p = vexp(-gather_lanes<V>(lane(lcol), std::make_index_sequence<W>{}));
-      if (n < W)
-        for (int64_t j = n; j < W; ++j) p[j] = T(0);
+      for (int64_t j = n; j < W; ++j) p[j] = T(0);
       store<T, B>(meansT + l * ld + k0, m);
       store<T, B>(precT + l * ld + k0, p);
     }
@@ -234,22 +229,26 @@ double log_sum_exp(const T* logits, int64_t K) {
 template <typename T>
 struct PackedParams {
   at::Tensor storage;  // meansT (L, ld), precT (L, ld), consts (Kp); a row's [Kp, ld) is unread
+  at::Tensor logits;   // contiguous
+  double lse;          // log sum_k exp(logits[k])
   Params<T> view;
-  PackedParams(const at::Tensor& means, const at::Tensor& logvars, const at::Tensor& logits) {
+  PackedParams(const at::Tensor& means, const at::Tensor& logvars, const at::Tensor& logits_in) {
     const int64_t K = means.size(0), L = means.size(1);
     const int64_t Kp = (K + Simd<T>::width - 1) / Simd<T>::width * Simd<T>::width;
     const int64_t ld = row_stride<T>(Kp);
-    const at::Tensor m = means.contiguous(), lv = logvars.contiguous(), lg = logits.contiguous();
+    const at::Tensor m = means.contiguous(), lv = logvars.contiguous();
+    logits = logits_in.contiguous();
     const T* mp = m.data_ptr<T>();
     const T* lvp = lv.data_ptr<T>();
-    const T* lgp = lg.data_ptr<T>();
+    const T* lgp = logits.data_ptr<T>();
     storage = at::empty({2 * L * ld + Kp}, means.options());
     T* meansT = storage.data_ptr<T>();
     T* precT = meansT + L * ld;
     T* consts = precT + L * ld;
     pack_tables(mp, lvp, K, L, Kp, ld, meansT, precT);
     // consts[k] = log_softmax(logits)[k] - 0.5 sum_l logvars[k, l] - 0.5 L log(2 pi), in double
-    const double lse = log_sum_exp(lgp, K), half_log_2pi = 0.5 * std::log(2.0 * M_PI);
+    lse = log_sum_exp(lgp, K);
+    const double half_log_2pi = 0.5 * std::log(2.0 * M_PI);
     for (int64_t k = 0; k < K; ++k) {
       double lv_sum = 0;
       for (int64_t l = 0; l < L; ++l) lv_sum += lvp[k * L + l];
@@ -365,17 +364,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_mog_backward_cpu(
       for (int t = 0; t < threads; ++t) total += accp[t * stride + i];
       return total;
     };
-    const at::Tensor lg = logits.contiguous();
-    const scalar_t* lgp = lg.data_ptr<scalar_t>();
+    const scalar_t* lgp = packed.logits.data_ptr<scalar_t>();
     scalar_t* gmp = gm.data_ptr<scalar_t>();
     scalar_t* glvp = glv.data_ptr<scalar_t>();
     scalar_t* glgp = glg.data_ptr<scalar_t>();
     std::vector<scalar_t> wsum(K);
     double wsum_total = 0;
     for (int64_t k = 0; k < K; ++k) wsum_total += wsum[k] = thread_sum(2 * L * ld + k);
-    const double lse = log_sum_exp(lgp, K);
     for (int64_t k = 0; k < K; ++k) {
-      glgp[k] = static_cast<scalar_t>(wsum[k] - std::exp(lgp[k] - lse) * wsum_total);
+      glgp[k] = static_cast<scalar_t>(wsum[k] - std::exp(lgp[k] - packed.lse) * wsum_total);
       for (int64_t l = 0; l < L; ++l) {
         gmp[k * L + l] = thread_sum(l * ld + k);
         glvp[k * L + l] = scalar_t(0.5) * (thread_sum(L * ld + l * ld + k) - wsum[k]);
